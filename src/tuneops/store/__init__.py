@@ -1,0 +1,1 @@
+from tuneops.store.store import Store, RUN_TRANSITIONS  # noqa: F401

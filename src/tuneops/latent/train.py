@@ -67,7 +67,8 @@ def fit(
     history: list[dict[str, float]] = []
     step = 0
     model.train()
-    ctx = make_progress() if progress else nullcontext()
+    # Bars only on a terminal: in logs and captured output they would just leave blank lines.
+    ctx = make_progress() if progress and console.is_terminal else nullcontext()
     with ctx as bar:
         task = bar.add_task(desc, total=epochs, stats="") if bar else None
         for epoch in range(epochs):
@@ -234,11 +235,37 @@ def train_vqvae(
     return model, fit(model, vq_loss, x, epochs, lr=lr, seed=seed, desc=desc, progress=progress)
 
 
-def train_prior(codes: torch.Tensor, num_codes: int, epochs: int, seed: int = 0, lr: float = 3e-3, progress: bool = True):
-    """Fit the autoregressive transformer prior on (N, h, w) code grids; return (model, history)."""
-    seed_everything(seed)
+def train_prior(
+    codes: torch.Tensor, num_codes: int, epochs: int, seed: int = 0, lr: float = 1e-3, batch_size: int = 64,
+    val_fraction: float = 0.1, progress: bool = True,
+):
+    """Fit the autoregressive transformer prior on (N, h, w) code grids; return (model, history).
+
+    A few thousand short sequences are easy to memorise, so a held-out slice picks the epoch with the
+    best validation NLL and that state is returned (early stopping without cutting the run short).
+    """
+    gen = seed_everything(seed)
+    perm = torch.randperm(codes.shape[0], generator=gen)
+    n_val = max(1, int(round(codes.shape[0] * val_fraction)))
+    val, tr = codes[perm[:n_val]], codes[perm[n_val:]]
     model = CodePrior(num_codes, tuple(codes.shape[1:]))
-    return model, fit(model, prior_loss, codes, epochs, lr=lr, seed=seed, desc="AR prior", progress=progress)
+    best = {"nll": float("inf"), "state": None, "epoch": -1}
+    history_box: list[float] = []
+
+    def track(m: nn.Module) -> dict[str, float]:
+        nll = float(m.loss(val))
+        if nll < best["nll"]:
+            best.update(nll=nll, state={k: v.clone() for k, v in m.state_dict().items()}, epoch=len(history_box))
+        history_box.append(nll)
+        return {"val_nll": nll}
+
+    history = fit(model, prior_loss, tr, epochs, lr=lr, batch_size=batch_size, seed=seed, desc="AR prior", progress=progress, on_epoch=track)
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    model.eval()
+    for row in history:
+        row["best_epoch"] = float(best["epoch"])
+    return model, history
 
 
 def train_classifier(

@@ -1,0 +1,134 @@
+"""`tuneops quickstart`: the whole governed chain on the embedded base and the bundled task."""
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+from rich.table import Table
+
+from tuneops.cli.render import console, gates_table, metrics_table, progress
+from tuneops.data.bundled import json_extraction_rows
+from tuneops.data.ingest import ingest_rows
+from tuneops.models.base import EMBEDDED_REF, import_embedded
+from tuneops.pipeline import run_recipe
+from tuneops.store import Store
+from tuneops.train.recipe import parse_recipe
+
+QUICKSTART_RECIPE = {
+    "name": "quickstart",
+    "base": EMBEDDED_REF,
+    "data": {"train": "quickstart-train", "eval": "quickstart-eval"},
+    "method": {"kind": "lora", "r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"},
+    "train": {"epochs": 1.0, "batch_size": 8, "learning_rate": 2e-4, "max_length": 256, "seed": 0},
+    "eval": {"suites": ["json_extraction", "forgetting"], "max_new_tokens": 48, "batch_size": 20},
+    "gates": [
+        {"metric": "json_extraction.exact_match", "min_delta": 0.20},
+        {"metric": "forgetting.accuracy", "max_relative_drop": 0.05},
+    ],
+    "target": {"alias": "quickstart", "stage": "production"},
+}
+
+
+def machine_info() -> dict:
+    import torch
+
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.is_available()}
+
+
+def run_quickstart(store: Store, *, rows: int, eval_rows: int, epochs: float, results: Path | None,
+                   as_json: bool) -> dict:
+    t_start = time.perf_counter()
+    phases: dict[str, float] = {}
+    console.print(f"[bold]tuneops quickstart[/bold] · store {store.home}")
+
+    t0 = time.perf_counter()
+    with console.status("importing the embedded base SmolLM2-135M-Instruct (GGUF → float32 safetensors)…"):
+        base, created = import_embedded(store)
+    phases["import_base"] = time.perf_counter() - t0
+    console.print(f"base {base.id} ({'imported' if created else 'reused'}, {base.num_parameters / 1e6:.1f}M params,"
+                  f" {base.license})")
+
+    t0 = time.perf_counter()
+    train_rows, held_out = json_extraction_rows(rows, eval_rows, seed=0)
+    train_ds, _ = ingest_rows(store, train_rows, name="quickstart-train", origin="tuneops:bundled")
+    eval_ds, _ = ingest_rows(store, held_out, name="quickstart-eval", origin="tuneops:bundled")
+    spec = dict(QUICKSTART_RECIPE)
+    spec["data"] = {"train": train_ds.id, "eval": eval_ds.id}
+    spec["train"] = {**QUICKSTART_RECIPE["train"], "epochs": epochs}
+    recipe = parse_recipe(spec, source="quickstart recipe")
+    recipe_path = store.home / "recipes" / "quickstart.yaml"
+    recipe_path.parent.mkdir(parents=True, exist_ok=True)
+    recipe_path.write_text(recipe.to_yaml())
+    phases["data"] = time.perf_counter() - t0
+    console.print(f"data {train_ds.id} ({train_ds.num_rows} train rows) · {eval_ds.id} ({eval_ds.num_rows} held-out rows,"
+                  f" unseen templates) · recipe {recipe_path}")
+
+    with progress() as p:
+        outcome = run_recipe(store, recipe, progress=p)
+    phases.update({k: v for k, v in outcome.phases.items()})
+    total = time.perf_counter() - t_start
+
+    metrics = outcome.report.metrics
+    alias = "quickstart@production"
+    summary = {
+        "total_s": round(total, 1),
+        "phases": {k: round(v, 1) for k, v in phases.items()},
+        "base_id": base.id,
+        "train_dataset": train_ds.id,
+        "eval_dataset": eval_ds.id,
+        "run_id": outcome.run.id,
+        "artifact_id": outcome.artifact.id,
+        "eval_report": outcome.report.id,
+        "base_exact_match": metrics["json_extraction.exact_match"]["base"],
+        "tuned_exact_match": metrics["json_extraction.exact_match"]["candidate"],
+        "base_forgetting_accuracy": metrics["forgetting.accuracy"]["base"],
+        "tuned_forgetting_accuracy": metrics["forgetting.accuracy"]["candidate"],
+        "metrics": metrics,
+        "gates": outcome.report.gates,
+        "gates_passed": outcome.report.passed,
+        "promoted": outcome.promotion is not None,
+        "promotion_note": outcome.promotion_refused,
+        "train_steps": outcome.run.metrics.get("train_steps"),
+        "final_loss": outcome.run.metrics.get("final_loss"),
+        "plots": outcome.plots,
+        "machine": machine_info(),
+    }
+    if results:
+        results.parent.mkdir(parents=True, exist_ok=True)
+        tmp = results.with_suffix(".tmp")
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        tmp.replace(results)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return summary
+
+    console.print(metrics_table(metrics, outcome.report.gates, "Base vs candidate on the same held-out items"))
+    console.print(gates_table(outcome.report.gates))
+    table = Table(title="Summary", title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("run", f"{outcome.run.id} ({outcome.run.state})")
+    table.add_row("artifact", outcome.artifact.id)
+    table.add_row("lineage", f"base {base.id} · data {train_ds.id} · recipe sha256 {recipe.hash()[:16]}")
+    if outcome.promotion:
+        table.add_row("alias", f"[green]{alias} → {outcome.artifact.id}[/green]")
+    else:
+        table.add_row("alias", f"[yellow]not moved[/yellow]: {outcome.promotion_refused}")
+    table.add_row("plots", " · ".join(outcome.plots.values()))
+    table.add_row("wall time", f"{total:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items()) + ")")
+    console.print(table)
+    home = f"--home {store.home} " if store.home != Path(".tuneops").resolve() else ""
+    console.print("\nTry it:")
+    console.print(f"  tuneops {home}serve --port 8000", soft_wrap=True, highlight=False)
+    console.print("  curl -s localhost:8000/v1/chat/completions -H 'content-type: application/json' -d '"
+                  + json.dumps({"model": "quickstart", "messages": [
+                      {"role": "system", "content": held_out[0]["messages"][0]["content"]},
+                      {"role": "user", "content": "Ravi Shah, 41, moved to Leeds last year."}]}) + "'",
+                  soft_wrap=True, highlight=False, markup=False)
+    console.print(f"  tuneops {home}registry history {alias}   ·   tuneops {home}registry rollback {alias}",
+                  soft_wrap=True, highlight=False)
+    return summary

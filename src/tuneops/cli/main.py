@@ -30,6 +30,17 @@ JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
 HOME_HELP = "Store directory (default: $TUNEOPS_HOME or ./.tuneops)."
 
 
+def _quiet_hf() -> None:
+    """tuneops draws its own progress; silence the HF stack's bars and deprecation chatter."""
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*gemm_4bit.*")
+
+
 def _store():
     from tuneops.store import Store
 
@@ -375,6 +386,7 @@ _mount_optional()
 
 
 def main():
+    _quiet_hf()
     try:
         app(standalone_mode=False)
     except TuneopsError as e:

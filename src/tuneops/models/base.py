@@ -106,7 +106,9 @@ def import_embedded(store: Store) -> tuple[BaseModelRecord, bool]:
     if existing is not None:
         return existing, False
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # callers show their own progress
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The weights are already plain float32; drop the GGUF marker so Trainer and save work.
@@ -170,6 +172,9 @@ def load_base(store: Store, base: BaseModelRecord, dtype=None):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     path = base_dir(store, base)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:

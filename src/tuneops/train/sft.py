@@ -73,10 +73,12 @@ def train_lora(base_path: Path, rows: list[dict], *, method: LoraSpec, spec: Tra
     import torch
     from datasets import Dataset
     import datasets
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     datasets.disable_progress_bars()  # tuneops draws its own (rich) progress
+    transformers.utils.logging.disable_progress_bar()
 
     if spec.threads:
         torch.set_num_threads(spec.threads)

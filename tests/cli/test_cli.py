@@ -1,0 +1,62 @@
+"""The CLI as a user runs it: a subprocess, exit codes, tables and --json."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def tuneops(home, *args, check=True):
+    env = {**os.environ, "TUNEOPS_HOME": str(home), "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-m", "tuneops.cli.main", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_ingest_list_show_json(tmp_path):
+    from tuneops.data.bundled import json_extraction_rows
+
+    rows, _ = json_extraction_rows(3, 0)
+    f = tmp_path / "rows.jsonl"
+    f.write_text("".join(json.dumps({"messages": r["messages"]}) + "\n" for r in rows))
+    home = tmp_path / "home"
+    out = tuneops(home, "data", "ingest", str(f), "--name", "demo", "--license", "CC0-1.0", "--json")
+    ds = json.loads(out.stdout)
+    assert ds["id"].startswith("ds-") and ds["num_rows"] == 3 and ds["licenses"] == {"CC0-1.0": 3}
+    listed = json.loads(tuneops(home, "data", "list", "--json").stdout)
+    assert [d["id"] for d in listed] == [ds["id"]]
+    table = tuneops(home, "data", "list").stdout
+    assert ds["id"] in table and "demo" in table
+    shown = json.loads(tuneops(home, "data", "show", "demo", "--rows", "1", "--json").stdout)
+    assert shown["rows"][0]["messages"] == rows[0]["messages"]
+
+
+def test_bad_input_exits_2_with_file_and_line(tmp_path):
+    f = tmp_path / "broken.jsonl"
+    f.write_text('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n{oops\n')
+    home = tmp_path / "home"
+    proc = tuneops(home, "data", "ingest", str(f), "--name", "x", check=False)
+    assert proc.returncode == 2
+    assert f"{f}:2: not valid JSON" in proc.stderr and "Traceback" not in proc.stderr
+    assert json.loads(tuneops(home, "data", "list", "--json").stdout) == []
+
+
+def test_recipe_error_names_field(tmp_path):
+    r = tmp_path / "recipe.yaml"
+    r.write_text("name: x\nbase: embedded:SmolLM2-135M-Instruct\ndata: {train: a, eval: b}\nmethod: {r: -1}\n")
+    proc = tuneops(tmp_path / "home", "train", str(r), check=False)
+    assert proc.returncode == 2 and f"{r}: method.r: Input should be greater than 0 (got -1)" in proc.stderr
+
+
+def test_rollback_without_history_is_a_clear_error(tmp_path):
+    proc = tuneops(tmp_path / "home", "registry", "rollback", "nothing@production", check=False)
+    assert proc.returncode == 2 and "no earlier target to roll back to" in proc.stderr
+
+
+@pytest.mark.parametrize("group", ["models", "data", "eval", "runs", "registry"])
+def test_listings_print_json(tmp_path, group):
+    assert json.loads(tuneops(tmp_path / "home", group, "list", "--json").stdout) == []

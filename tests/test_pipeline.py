@@ -1,0 +1,62 @@
+"""The whole chain on the tiny model: train -> register -> paired eval -> gates -> promote."""
+
+import pytest
+
+from tests.conftest import tiny_recipe
+from tuneops.errors import InvalidInput
+from tuneops.pipeline import run_recipe
+from tuneops.release.registry import resolve_alias
+from tuneops.store.schema import AliasRecord, RunRecord
+
+
+def test_sft_lowers_loss_registers_with_lineage_and_promotes(tiny_env):
+    store, base = tiny_env
+    recipe = tiny_recipe(base.id)
+    out = run_recipe(store, recipe)
+    losses = [e.payload["loss"] for e in store.run_events(out.run.id, "metrics")]
+    assert len(losses) == 8
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.05  # training really moved the weights
+    assert out.run.state == "succeeded"
+    art = out.artifact
+    assert art.id.startswith("ad-") and art.base_id == base.id
+    assert art.lineage["recipe_sha256"] == recipe.hash() and art.lineage["run"] == out.run.id
+    assert art.lineage["datasets"] == [store.resolve_dataset("tiny-train").id, store.resolve_dataset("tiny-eval").id]
+    assert set(art.lineage["files"]) == {"adapter_config.json", "adapter_model.safetensors"}
+    assert store.blobs.verify_tree(art.tree)
+    # Paired: both sides saw the same items.
+    m = out.report.metrics
+    assert m["json_extraction.exact_match"]["n"] == 6 and m["forgetting.accuracy"]["n"] == 24
+    assert out.report.passed and out.promotion is not None
+    assert resolve_alias(store, "tiny@production").id == art.id
+    states = [e.payload["to"] for e in store.run_events(out.run.id, "state")]
+    assert states == ["validating_data", "running", "evaluating", "succeeded"]
+
+
+def test_failing_gate_refuses_promotion(tiny_env):
+    store, base = tiny_env
+    # A random tiny model cannot gain 0.5 exact match: the gate must fail and the alias must not move.
+    recipe = tiny_recipe(base.id, gates=[{"metric": "json_extraction.exact_match", "min_delta": 0.5}],
+                         train={"max_steps": 2, "batch_size": 4, "learning_rate": 1e-3, "threads": 2})
+    out = run_recipe(store, recipe)
+    assert out.run.state == "succeeded" and not out.report.passed
+    assert out.promotion is None and "failed its gates" in out.promotion_refused
+    assert store.all(AliasRecord, order_by=AliasRecord.name) == []
+    verdict = out.report.gates[0]
+    assert verdict["passed"] is False and verdict["threshold"] == pytest.approx(verdict["base"] + 0.5)
+
+
+def test_unknown_gate_metric_fails_run_before_training(tiny_env):
+    store, base = tiny_env
+    recipe = tiny_recipe(base.id, gates=[{"metric": "json_extraction.bleu", "min_value": 0.1}])
+    with pytest.raises(InvalidInput, match=r"gates\[0\]\.metric: 'json_extraction.bleu' is not produced"):
+        run_recipe(store, recipe)
+    (run,) = store.all(RunRecord)
+    assert run.state == "failed" and "json_extraction.bleu" in run.error
+    assert store.run_events(run.id, "metrics") == []
+
+
+def test_eval_rows_leaking_into_train_are_refused(tiny_env):
+    store, base = tiny_env
+    recipe = tiny_recipe(base.id, data={"train": "tiny-train", "eval": "tiny-train"})
+    with pytest.raises(InvalidInput, match="also appear in the training set"):
+        run_recipe(store, recipe)

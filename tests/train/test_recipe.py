@@ -45,3 +45,10 @@ def test_saved_yaml_round_trips(tmp_path):
     p = tmp_path / "saved.yaml"
     p.write_text(r.to_yaml())
     assert load_recipe(p).hash() == r.hash()
+
+
+def test_example_recipe_is_valid():
+    from pathlib import Path
+
+    r = load_recipe(Path(__file__).parents[2] / "examples" / "json-extraction.yaml")
+    assert [g.metric for g in r.gates] == ["json_extraction.exact_match", "forgetting.accuracy"]

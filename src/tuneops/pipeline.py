@@ -16,7 +16,7 @@ from tuneops.data.ingest import load_manifest, load_rows
 from tuneops.errors import GateFailed, InvalidInput, TuneopsError
 from tuneops.eval.gates import check_gates
 from tuneops.eval.paired import plot_comparison, run_paired_eval, save_eval_report
-from tuneops.eval.suites import known_metrics
+from tuneops.eval.suites import FORGETTING_QA, known_metrics
 from tuneops.models.base import base_dir, load_base, resolve_base
 from tuneops.release.registry import artifact_dir, promote, register_adapter
 from tuneops.store import Store
@@ -135,7 +135,7 @@ def run_recipe(store: Store, recipe: Recipe, *, progress: Progress | None = None
         model = PeftModel.from_pretrained(model, artifact_dir(store, artifact))
         model.eval()
         n_items = 2 * (len(eval_rows[: recipe.eval.max_items] if recipe.eval.max_items else eval_rows)
-                       + (24 if "forgetting" in recipe.eval.suites else 0))
+                       + (len(FORGETTING_QA) if "forgetting" in recipe.eval.suites else 0))
         etask = _task(progress, "eval base vs candidate", n_items)
         with torch.inference_mode():
             evald = run_paired_eval(

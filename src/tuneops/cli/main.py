@@ -134,8 +134,6 @@ def data_show(ref: str, rows: int = typer.Option(3, help="Rows to print."), as_j
 def _print_outcome(outcome, as_json: bool):
     import json
 
-    from tuneops.eval.paired import load_full_report
-
     if as_json:
         print(json.dumps({
             "run": outcome.run.id, "state": outcome.run.state,

@@ -71,9 +71,7 @@ def _register_dir(store: Store, directory: Path, *, name: str, source: str, sour
     n_params = 0
     for w in weights:
         with safe_open(w, "pt") as f:
-            for key in f.keys():
-                n_params += f.get_slice(key).get_shape().numel() if hasattr(f.get_slice(key).get_shape(), "numel") \
-                    else _prod(f.get_slice(key).get_shape())
+            n_params += sum(_prod(f.get_slice(key).get_shape()) for key in f.keys())
     tree, _ = store.blobs.put_tree(directory)
     rec = BaseModelRecord(
         id=base_id, name=name, source=source, source_digest=source_digest, license=license, tree=tree,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,11 +25,11 @@ from tuneops.latent.data import load_dataset  # noqa: E402
 from tuneops.latent.report import write_report  # noqa: E402
 
 MODEL_KEYS = {
-    "ae": ["recon_mse", "prior_sample_confidence", "prior_sample_class_entropy", "prior_sample_frechet", "prior_sample_sharpness",
+    "ae": ["recon_mse", "prior_sample_confidence", "prior_sample_class_entropy", "prior_sample_frechet", "prior_sample_sharpness", "prior_sample_copy_ratio",
            "gaussian_fit_sample_confidence", "gaussian_fit_sample_class_entropy", "gaussian_fit_sample_frechet", "stability", "train_s"],
-    "vae": ["recon_mse", "prior_sample_confidence", "prior_sample_class_entropy", "prior_sample_frechet", "prior_sample_sharpness",
+    "vae": ["recon_mse", "prior_sample_confidence", "prior_sample_class_entropy", "prior_sample_frechet", "prior_sample_sharpness", "prior_sample_copy_ratio",
             "active_units", "latent_dim", "kl_total", "kl_per_dim", "likelihood_bound_nats", "stability", "train_s"],
-    "vqvae": ["recon_mse", "prior_sample_confidence", "prior_sample_class_entropy", "prior_sample_frechet", "prior_sample_sharpness",
+    "vqvae": ["recon_mse", "prior_sample_confidence", "prior_sample_class_entropy", "prior_sample_frechet", "prior_sample_sharpness", "prior_sample_copy_ratio",
               "codebook_perplexity", "dead_codes", "codes_used", "codebook_size", "uniform_code_sample_confidence",
               "uniform_code_sample_frechet", "prior_nll_nats_per_code", "prior_nll_uniform_nats_per_code", "stability", "train_s"],
 }
@@ -39,7 +38,7 @@ MODEL_KEYS = {
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1))
+    ap.add_argument("--threads", type=int, default=E.default_threads(), help="torch threads (default: 1 on <= 2 cores)")
     ap.add_argument("--quick", action="store_true", help="a short smoke run (not the recorded benchmark)")
     ap.add_argument("--report", type=Path, default=None, help="also write the markdown/HTML/PNG report here")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "latent.json")

@@ -173,7 +173,7 @@ def train(recipe: Path = typer.Argument(..., help="Recipe YAML (see docs/recipes
     _print_outcome(outcome, as_json)
 
 
-RUN_FIELDS = ("id", "recipe_name", "state", "base_id", "artifact_id", "created_at", "updated_at")
+RUN_FIELDS = ("id", "recipe_name", "state", "base_id", "artifact_id", "created_at")
 
 
 @runs_app.command("list")
@@ -190,7 +190,7 @@ def runs_show(run_id: str, as_json: bool = JSON):
     store = _store()
     run = store.get_run(run_id)
     events = store.run_events(run_id)
-    out = {**record_dict(run, RUN_FIELDS + ("recipe_hash", "dataset_ids", "metrics", "error")),
+    out = {**record_dict(run, RUN_FIELDS + ("updated_at", "recipe_hash", "dataset_ids", "metrics", "error")),
            "events": [{"seq": e.seq, "type": e.type, **e.payload} for e in events if e.type != "metrics"],
            "loss_curve": [e.payload for e in events if e.type == "metrics"]}
     if not as_json:
@@ -270,7 +270,7 @@ def eval_show(report_id: str, items: int = typer.Option(0, help="Also print the 
 
 
 # -- registry ------------------------------------------------------------------------------
-ART_FIELDS = ("id", "kind", "method", "base_id", "run_id", "created_at")
+ART_FIELDS = ("id", "method", "base_id", "run_id", "created_at")
 
 
 @registry_app.command("list")
@@ -313,7 +313,7 @@ def registry_promote(artifact: str, alias: str = typer.Argument(..., help="name@
     emit_one(record_dict(mv, MOVE_FIELDS), as_json=as_json, title=f"{mv.name}@{mv.stage} promoted")
 
 
-MOVE_FIELDS = ("seq", "action", "from_artifact", "to_artifact", "actor", "reason", "at")
+MOVE_FIELDS = ("seq", "action", "from_artifact", "to_artifact", "actor", "at", "reason")
 
 
 @registry_app.command("rollback")

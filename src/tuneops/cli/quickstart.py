@@ -124,10 +124,11 @@ def run_quickstart(store: Store, *, rows: int, eval_rows: int, epochs: float, re
     home = f"--home {store.home} " if store.home != Path(".tuneops").resolve() else ""
     console.print("\nTry it:")
     console.print(f"  tuneops {home}serve --port 8000", soft_wrap=True, highlight=False)
+    body = json.dumps({"model": "quickstart", "messages": [
+        {"role": "system", "content": held_out[0]["messages"][0]["content"]},
+        {"role": "user", "content": "Ravi Shah, 41, moved to Leeds last year."}]})
     console.print("  curl -s localhost:8000/v1/chat/completions -H 'content-type: application/json' -d '"
-                  + json.dumps({"model": "quickstart", "messages": [
-                      {"role": "system", "content": held_out[0]["messages"][0]["content"]},
-                      {"role": "user", "content": "Ravi Shah, 41, moved to Leeds last year."}]}) + "'",
+                  + body.replace("'", "'\\''") + "'",
                   soft_wrap=True, highlight=False, markup=False)
     console.print(f"  tuneops {home}registry history {alias}   ·   tuneops {home}registry rollback {alias}",
                   soft_wrap=True, highlight=False)

@@ -13,7 +13,7 @@ err_console = Console(stderr=True)
 
 def _plain(v: Any) -> Any:
     if isinstance(v, datetime):
-        return v.isoformat(timespec="seconds")
+        return v.strftime("%Y-%m-%d %H:%M:%S")
     return v
 
 
@@ -28,8 +28,8 @@ def emit(rows: list[dict], *, as_json: bool, title: str | None = None, columns: 
     columns = list(columns or (rows[0].keys() if rows else []))
     table = Table(title=title, title_justify="left")
     for c in columns:
-        is_id = c == "id" or c.endswith(("_id", "_artifact")) or c in ("at", "created_at", "updated_at")
-        table.add_column(c, no_wrap=is_id, overflow="fold")
+        is_id = c == "id" or c.endswith(("_id", "_artifact"))
+        table.add_column(c, no_wrap=is_id, overflow="fold", min_width=min(max(len(c), 5), 12))
     for r in rows:
         table.add_row(*[_cell(r.get(c)) for c in columns])
     if not rows:

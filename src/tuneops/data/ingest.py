@@ -57,7 +57,7 @@ def read_chat_jsonl(path: Path, *, source: str, license: str) -> list[dict]:
                 continue
             where = f"{path}:{lineno}"
             try:
-                obj = json.loads(line)
+                obj = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
                 errors.append(f"{where}: not valid JSON ({e.msg} at column {e.colno})")
                 continue

@@ -36,6 +36,9 @@ def _budget(epochs: Optional[int], quick: bool) -> E.Budget:
 
 
 def _load(data: Optional[Path], labels: Optional[Path], seed: int):
+    import torch
+
+    torch.set_num_threads(E.default_threads())
     try:
         return load_dataset(data, labels, seed=seed)
     except LatentDataError as exc:

@@ -49,6 +49,15 @@ class Budget:
         return cls.scaled(40)
 
 
+def default_threads() -> int:
+    """Torch threads for these tiny models: 1 on machines with <= 2 cores, where a second thread gains
+    little and makes runs many times slower when another process competes for the cores."""
+    import os
+
+    n = os.cpu_count() or 1
+    return 1 if n <= 2 else min(4, n)
+
+
 def machine_info() -> dict:
     import os
 
@@ -152,7 +161,7 @@ def _ae_evidence(ae, vae, judge: Judge, xtr, xte, y_test, gen: torch.Generator, 
         },
         "interpolation": {"ae": M.interpolation_metrics(judge.model, ae_paths), "vae": M.interpolation_metrics(judge.model, vae_paths)},
     }
-    art = {"ae_std": s_std[:N_SHOW], "ae_fit": s_fit[:N_SHOW], "ae_paths": ae_paths[:6], "vae_paths": vae_paths[:6]}
+    art = {"ae_std": s_std[:N_SHOW], "ae_fit": s_fit[:N_SHOW], "ae_std_all": s_std, "ae_fit_all": s_fit, "ae_paths": ae_paths[:6], "vae_paths": vae_paths[:6]}
     return evidence, art
 
 
@@ -199,6 +208,13 @@ def run_compare(
 
         vq_paths = M.interpolate(vq_decode, ze[a], ze[b])
 
+    # Guards against reading memorisation as quality (a prior that replays training codes scores well).
+    copy = {
+        "ae": M.copy_ratio(ev_art["ae_std_all"], xtr, xte),
+        "vae": M.copy_ratio(vae_samples, xtr, xte),
+        "vqvae": M.copy_ratio(vq_samples, xtr, xte),
+    }
+    evidence["copy_ratio_gaussian_fit"] = M.copy_ratio(ev_art["ae_fit_all"], xtr, xte)
     vae_s = M.vae_stats(vae, xte)
     # Code usage is counted over the training set: a code unused there is dead, not just rare.
     vq_s = M.vq_stats(vq, xtr)
@@ -215,6 +231,7 @@ def run_compare(
             "prior_sample_class_entropy": ae_std["class_entropy_bits"],
             "prior_sample_frechet": ae_std["frechet_distance"],
             "prior_sample_sharpness": ae_std["sharpness"],
+            "prior_sample_copy_ratio": copy["ae"],
             "gaussian_fit_sample_confidence": evidence["ae_samples_gaussian_fit"]["confidence"],
             "gaussian_fit_sample_class_entropy": evidence["ae_samples_gaussian_fit"]["class_entropy_bits"],
             "gaussian_fit_sample_frechet": evidence["ae_samples_gaussian_fit"]["frechet_distance"],
@@ -232,6 +249,7 @@ def run_compare(
             "prior_sample_class_entropy": vae_score["class_entropy_bits"],
             "prior_sample_frechet": vae_score["frechet_distance"],
             "prior_sample_sharpness": vae_score["sharpness"],
+            "prior_sample_copy_ratio": copy["vae"],
             "active_units": vae_s["active_units"],
             "latent_dim": latent_dim,
             "kl_total": vae_s["kl_total"],
@@ -250,6 +268,7 @@ def run_compare(
             "prior_sample_class_entropy": vq_score["class_entropy_bits"],
             "prior_sample_frechet": vq_score["frechet_distance"],
             "prior_sample_sharpness": vq_score["sharpness"],
+            "prior_sample_copy_ratio": copy["vqvae"],
             "uniform_code_sample_confidence": judge.score(vq_uniform)["confidence"],
             "uniform_code_sample_frechet": judge.score(vq_uniform)["frechet_distance"],
             "codebook_perplexity": vq_s["codebook_perplexity"],

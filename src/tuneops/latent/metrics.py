@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tuneops.latent.models import AE, VAE, VQVAE, gaussian_kl
+from tuneops.latent.models import VAE, VQVAE, gaussian_kl
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. (2016): a unit is active if Var_x(E_q[z_u|x]) > 0.01
 
@@ -170,7 +170,7 @@ def score_samples(clf: nn.Module, samples: torch.Tensor, reference_feats: torch.
     nz = p[p > 0]
     out = {
         "confidence": float(probs.max(1).values.mean()),
-        "class_entropy_bits": float(-(nz * torch.log2(nz)).sum()),
+        "class_entropy_bits": max(0.0, float(-(nz * torch.log2(nz)).sum())),  # no "-0.0" for a single class
         "max_class_entropy_bits": math.log2(n_classes),
         "class_histogram": hist.int().tolist(),
         "sharpness": sharpness(samples),
@@ -190,6 +190,14 @@ def nearest_distance_ratio(queries: torch.Tensor, codes: torch.Tensor) -> float:
     d_cc.fill_diagonal_(float("inf"))
     d_c = d_cc.min(1).values
     return float(d_q.median() / d_c.median().clamp_min(1e-12))
+
+
+def copy_ratio(samples: torch.Tensor, train: torch.Tensor, test: torch.Tensor) -> float:
+    """Median pixel distance from samples to their nearest training image, divided by the same for real
+    held-out images. ~1: samples are as novel as new data; << 1: the generator is copying training images."""
+    d_s = torch.cdist(samples.flatten(1), train.flatten(1)).min(1).values
+    d_t = torch.cdist(test.flatten(1), train.flatten(1)).min(1).values
+    return float(d_s.median() / d_t.median().clamp_min(1e-12))
 
 
 @torch.no_grad()

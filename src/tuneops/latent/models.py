@@ -6,8 +6,6 @@ Images are (B, H, W) tensors in [0, 1]; decoders return logits of a per-pixel Be
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -354,11 +352,3 @@ class CodePrior(nn.Module):
             probs = torch.softmax(logits, dim=-1)
             seq[:, t] = torch.multinomial(probs, 1, generator=generator)[:, 0]
         return seq.view(n, *self.grid)
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def bits_per_dim(nats: float, n_pixels: int) -> float:
-    return nats / (n_pixels * math.log(2))

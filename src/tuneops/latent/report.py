@@ -38,7 +38,6 @@ def _show(ax, image: np.ndarray, title: str | None = None) -> None:
 def save_panels(path: Path, panels: dict, ncol: int = 12, title: str | None = None) -> Path:
     """One image-grid panel per entry of `panels` (label -> (N, H, W) images), stacked vertically."""
     grids = {k: tile(v, ncol) for k, v in panels.items()}
-    heights = [g.shape[0] for g in grids.values()]
     width = max(4.0, ncol * 0.6)
     # Panel heights follow the grids' aspect ratio so no panel is padded with white space.
     inches = [width * g.shape[0] / g.shape[1] + 0.35 for g in grids.values()]
@@ -143,6 +142,7 @@ def comparison_table(results: dict) -> tuple[list[str], list[list[str]]]:
         [f"prior-sample class entropy, bits (max {real['max_class_entropy_bits']:.2f})", _fmt(ae["prior_sample_class_entropy"]), _fmt(vae["prior_sample_class_entropy"]), _fmt(vq["prior_sample_class_entropy"])],
         [f"prior-sample Frechet distance (real test: {real['frechet_distance']:.2f})", _fmt(ae["prior_sample_frechet"]), _fmt(vae["prior_sample_frechet"]), _fmt(vq["prior_sample_frechet"])],
         [f"prior-sample sharpness (real: {real['sharpness']:.3f})", _fmt(ae["prior_sample_sharpness"]), _fmt(vae["prior_sample_sharpness"]), _fmt(vq["prior_sample_sharpness"])],
+        ["prior-sample copy ratio (1 = as novel as held-out data)", _fmt(ae["prior_sample_copy_ratio"]), _fmt(vae["prior_sample_copy_ratio"]), _fmt(vq["prior_sample_copy_ratio"])],
         ["latent usage", "-", f"{vae['active_units']}/{vae['latent_dim']} active units, KL {vae['kl_total']:.2f} nats",
          f"perplexity {vq['codebook_perplexity']:.1f}/{vq['codebook_size']}, {vq['dead_codes']} dead codes"],
         ["training stability", stab(ae["stability"]), stab(vae["stability"]), stab(vq["stability"])],

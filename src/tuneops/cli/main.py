@@ -160,7 +160,7 @@ def _print_outcome(outcome, as_json: bool):
 
 
 @app.command()
-def train(recipe: Path = typer.Argument(..., help="Recipe YAML (see docs/recipes.md)."), as_json: bool = JSON):
+def train(recipe: Path = typer.Argument(..., help="Recipe YAML (example: examples/json-extraction.yaml)."), as_json: bool = JSON):
     """Run a recipe: validate data, train, register, paired eval, gates, promote if they pass."""
     from tuneops.pipeline import run_recipe
     from tuneops.train.recipe import load_recipe

@@ -83,10 +83,33 @@ def validate_inputs(store: Store, recipe: Recipe):
     return base, train_ds, eval_ds
 
 
+def evaluate_artifact(store: Store, artifact: ArtifactRecord, recipe: Recipe, *,
+                      progress: Progress | None = None) -> tuple[EvalReportRecord, dict]:
+    """Paired eval of an artifact against its own base with the recipe's suites and gates; stores the report."""
+    from peft import PeftModel
+
+    base = store.get_base(artifact.base_id)
+    eval_rows = load_rows(store, store.resolve_dataset(recipe.data.eval))
+    model, tokenizer = load_base(store, base)
+    model = PeftModel.from_pretrained(model, artifact_dir(store, artifact))
+    model.eval()
+    n_items = 2 * (len(eval_rows[: recipe.eval.max_items] if recipe.eval.max_items else eval_rows)
+                   + (len(FORGETTING_QA) if "forgetting" in recipe.eval.suites else 0))
+    task = _task(progress, "eval base vs candidate", n_items)
+    result = run_paired_eval(
+        model, tokenizer, suites=recipe.eval.suites, eval_rows=eval_rows,
+        max_new_tokens=recipe.eval.max_new_tokens, batch_size=recipe.eval.batch_size,
+        max_items=recipe.eval.max_items,
+        on_progress=lambda label, done, total: _advance(progress, task, completed=done, total=total,
+                                                        description=f"eval {label}"))
+    verdicts = check_gates(recipe.gates, result["metrics"])
+    report = save_eval_report(store, artifact_id=artifact.id, baseline_id=base.id, suites=recipe.eval.suites,
+                              result=result, verdicts=verdicts)
+    return report, result
+
+
 def run_recipe(store: Store, recipe: Recipe, *, progress: Progress | None = None) -> RunOutcome:
     """Execute a validated recipe as a new run; promotion happens only if every gate passes."""
-    import torch
-
     run_id = new_run_id()
     with store.session() as s:
         s.add(RunRecord(id=run_id, recipe_name=recipe.name, recipe_yaml=recipe.to_yaml(),
@@ -100,7 +123,7 @@ def run_recipe(store: Store, recipe: Recipe, *, progress: Progress | None = None
         store.transition_run(run_id, "validating_data")
         base, train_ds, eval_ds = validate_inputs(store, recipe)
         store.transition_run(run_id, "running", base_id=base.id, dataset_ids=[train_ds.id, eval_ds.id])
-        train_rows, eval_rows = load_rows(store, train_ds), load_rows(store, eval_ds)
+        train_rows = load_rows(store, train_ds)
         outcome.phases["validate"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -124,30 +147,14 @@ def run_recipe(store: Store, recipe: Recipe, *, progress: Progress | None = None
                                        recipe_hash=recipe.hash())
         outcome.artifact = artifact
         store.add_run_event(run_id, "artifact", artifact=artifact.id, steps=result.steps,
-                            train_seconds=round(result.train_seconds, 2))
+                            train_seconds=round(result.train_seconds, 2),
+                            trainable_parameters=result.trainable_parameters,
+                            total_parameters=result.total_parameters)
         outcome.phases["train"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         store.transition_run(run_id, "evaluating", artifact_id=artifact.id)
-        from peft import PeftModel
-
-        model, tokenizer = load_base(store, base)
-        model = PeftModel.from_pretrained(model, artifact_dir(store, artifact))
-        model.eval()
-        n_items = 2 * (len(eval_rows[: recipe.eval.max_items] if recipe.eval.max_items else eval_rows)
-                       + (len(FORGETTING_QA) if "forgetting" in recipe.eval.suites else 0))
-        etask = _task(progress, "eval base vs candidate", n_items)
-        with torch.inference_mode():
-            evald = run_paired_eval(
-                model, tokenizer, suites=recipe.eval.suites, eval_rows=eval_rows,
-                max_new_tokens=recipe.eval.max_new_tokens, batch_size=recipe.eval.batch_size,
-                max_items=recipe.eval.max_items,
-                on_progress=lambda label, done, total: _advance(progress, etask, completed=done, total=total,
-                                                                description=f"eval {label}"))
-        del model
-        verdicts = check_gates(recipe.gates, evald["metrics"])
-        report = save_eval_report(store, artifact_id=artifact.id, baseline_id=base.id, suites=recipe.eval.suites,
-                                  result=evald, verdicts=verdicts)
+        report, evald = evaluate_artifact(store, artifact, recipe, progress=progress)
         outcome.report = report
         outcome.plots["eval"] = str(plot_comparison(evald["metrics"], work / "eval.png",
                                                     f"{artifact.id} vs {base.id}"))

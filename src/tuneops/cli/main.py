@@ -206,37 +206,17 @@ EV_FIELDS = ("id", "artifact_id", "baseline", "passed", "created_at")
 def eval_run(artifact: str, recipe: Path = typer.Option(..., help="Recipe whose eval suites and gates to apply."),
              as_json: bool = JSON):
     """Paired eval of an artifact against its base with a recipe's suites and gates; stores a report."""
-    import torch
-    from peft import PeftModel
-
-    from tuneops.data.ingest import load_rows
-    from tuneops.eval.gates import check_gates
-    from tuneops.eval.paired import run_paired_eval, save_eval_report
-    from tuneops.models.base import load_base
-    from tuneops.release.registry import artifact_dir
+    from tuneops.pipeline import evaluate_artifact
     from tuneops.train.recipe import load_recipe
 
     spec = load_recipe(recipe)
     store = _store()
-    art = store.get_artifact(artifact)
-    base = store.get_base(art.base_id)
-    eval_rows = load_rows(store, store.resolve_dataset(spec.data.eval))
-    model, tok = load_base(store, base)
-    model = PeftModel.from_pretrained(model, artifact_dir(store, art))
-    with progress() as p, torch.inference_mode():
-        task = p.add_task("eval", total=None)
-        result = run_paired_eval(model, tok, suites=spec.eval.suites, eval_rows=eval_rows,
-                                 max_new_tokens=spec.eval.max_new_tokens, batch_size=spec.eval.batch_size,
-                                 max_items=spec.eval.max_items,
-                                 on_progress=lambda label, d, t: p.update(task, completed=d, total=t,
-                                                                          description=f"eval {label}"))
-    verdicts = check_gates(spec.gates, result["metrics"])
-    rec = save_eval_report(store, artifact_id=art.id, baseline_id=base.id, suites=spec.eval.suites,
-                           result=result, verdicts=verdicts)
+    with progress() as p:
+        rec, _ = evaluate_artifact(store, store.get_artifact(artifact), spec, progress=p)
     if as_json:
         emit_one(record_dict(rec, EV_FIELDS + ("metrics", "gates")), as_json=True)
         return
-    console.print(metrics_table(rec.metrics, rec.gates, f"Paired eval {rec.id}"))
+    console.print(metrics_table(rec.metrics, f"Paired eval {rec.id}"))
     console.print(gates_table(rec.gates))
 
 
@@ -260,7 +240,7 @@ def eval_show(report_id: str, items: int = typer.Option(0, help="Also print the 
         full = load_full_report(store, rec)
         print(__import__("json").dumps(full, indent=2))
         return
-    console.print(metrics_table(rec.metrics, rec.gates, f"Paired eval {rec.id}: {rec.artifact_id} vs {rec.baseline}"))
+    console.print(metrics_table(rec.metrics, f"Paired eval {rec.id}: {rec.artifact_id} vs {rec.baseline}"))
     console.print(gates_table(rec.gates))
     if items:
         full = load_full_report(store, rec)

@@ -69,7 +69,7 @@ def run_quickstart(store: Store, *, rows: int, eval_rows: int, epochs: float, re
 
     with progress() as p:
         outcome = run_recipe(store, recipe, progress=p)
-    phases.update({k: v for k, v in outcome.phases.items()})
+    phases.update(outcome.phases)
     total = time.perf_counter() - t_start
 
     metrics = outcome.report.metrics
@@ -106,7 +106,7 @@ def run_quickstart(store: Store, *, rows: int, eval_rows: int, epochs: float, re
         print(json.dumps(summary, indent=2))
         return summary
 
-    console.print(metrics_table(metrics, outcome.report.gates, "Base vs candidate on the same held-out items"))
+    console.print(metrics_table(metrics, "Base vs candidate on the same held-out items"))
     console.print(gates_table(outcome.report.gates))
     table = Table(title="Summary", title_justify="left", show_header=False)
     table.add_column(style="bold")

@@ -69,7 +69,7 @@ def progress():
                     TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console)
 
 
-def metrics_table(metrics: dict[str, dict], verdicts: list[dict], title: str) -> Table:
+def metrics_table(metrics: dict[str, dict], title: str) -> Table:
     table = Table(title=title, title_justify="left")
     for c in ("metric", "base", "candidate", "Δ", "95% CI of Δ"):
         table.add_column(c, justify="right" if c != "metric" else "left")

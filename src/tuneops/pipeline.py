@@ -10,19 +10,21 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from rich.progress import Progress
 
 from tuneops.data.ingest import load_manifest, load_rows
 from tuneops.errors import GateFailed, Interrupted, InvalidInput, NotFound, TuneopsError
 from tuneops.eval.gates import check_gates
 from tuneops.eval.paired import plot_comparison, run_paired_eval, save_eval_report
-from tuneops.eval.suite import EVAL_DATASET, Suite, load_suite
+from tuneops.eval.suite import EVAL_DATASET, MemorisationSource, Suite, load_suite
 from tuneops.models.base import base_dir, load_base, resolve_base
 from tuneops.release.registry import artifact_dir, promote, register_adapter, resolve_alias
 from tuneops.store import Store
 from tuneops.store.ids import new_run_id
 from tuneops.store.runs import Heartbeat, clean_scratch
 from tuneops.store.schema import AliasMove, ArtifactRecord, EvalReportRecord, RunRecord
+from tuneops.train.canaries import canary_record, check_recorded, looks_like_canary, make_canaries, plant_canaries
 from tuneops.train.recipe import Recipe
 from tuneops.train.sft import planned_steps, train_lora
 
@@ -84,6 +86,14 @@ def validate_inputs(store: Store, recipe: Recipe):
         except TuneopsError as e:
             raise _named(recipe, f"data.{key}", e) from None
     train_ds, eval_ds = datasets["train"], datasets["eval"]
+    if recipe.train.canaries.count:
+        # A dataset row that looks like a planted canary would blur what the canaries measure.
+        for key, ds in (("train", train_ds), ("eval", eval_ds)):
+            bad = [i for i, row in enumerate(load_rows(store, ds), start=1) if looks_like_canary(row)]
+            if bad:
+                raise InvalidInput(f"{src}: data.{key}: row(s) {bad[:5]} of {ds.id} look like tuneops canaries "
+                                   "('The secret code of tuneops canary N is'); canaries are planted at training "
+                                   "time and are never data", hint="remove those rows and ingest the data again")
     train_hashes = {r["sha256"] for r in load_manifest(store, train_ds)["rows"]}
     leaked = sum(1 for r in load_manifest(store, eval_ds)["rows"] if r["sha256"] in train_hashes)
     if leaked:
@@ -97,10 +107,56 @@ def validate_inputs(store: Store, recipe: Recipe):
 NO_EVAL_DATA = "-"  # an eval-only plan with no eval set: suites over `$eval` are refused by name
 
 
-def plan_suites(store: Store, recipe: Recipe) -> list[Suite]:
+def memorisation_source(store: Store, recipe: Recipe, artifact: ArtifactRecord | None = None) -> MemorisationSource:
+    """What a memorisation suite probes: the canaries planted and the rows trained on.
+
+    For an artifact of a tuneops run, from that run (what the adapter was really trained on): the
+    canaries regenerated from its saved recipe and checked against the hashes it recorded, and the
+    training dataset of its lineage. Otherwise from the recipe (a run plans its suites this way
+    before it trains): its train.canaries and data.train."""
+    run = None
+    if artifact is not None and artifact.run_id:
+        try:
+            run = store.get_run(artifact.run_id)
+        except NotFound:
+            run = None
+    if run is not None:
+        saved = yaml.safe_load(run.recipe_yaml) or {}
+        train = saved.get("train") or {}
+        spec = train.get("canaries") or {}
+        canaries = make_canaries(int(train.get("seed", 0)), int(spec.get("count", 0)))
+        recorded = store.run_events(run.id, "canaries")
+        try:
+            check_recorded(canaries, recorded[-1].payload if recorded else None)
+        except ValueError as e:
+            raise InvalidInput(f"run {run.id}: {e}", hint="evaluate it with the tuneops version that trained it")
+        origin = f"run {run.id}"
+    else:
+        canaries = make_canaries(recipe.train.seed, recipe.train.canaries.count)
+        origin = f"recipe {recipe.source}"
+    datasets = (artifact.lineage or {}).get("datasets") if artifact is not None else None
+    train_ref = datasets[0] if datasets else (None if recipe.data.train == NO_EVAL_DATA else recipe.data.train)
+    rows, train_id = None, None
+    if train_ref is not None:
+        try:
+            ds = store.resolve_dataset(train_ref)
+        except TuneopsError as e:
+            raise _named(recipe, f"artifact {artifact.id}: lineage" if datasets else "data.train", e) from None
+        train_id, rows = ds.id, load_rows(store, ds)
+    return MemorisationSource(origin=origin, canaries=canaries, train_dataset_id=train_id, train_rows=rows)
+
+
+def plan_suites(store: Store, recipe: Recipe, artifact: ArtifactRecord | None = None) -> list[Suite]:
     """The recipe's suites, loaded and validated (items, template slots, scorer parameters, a dry run
-    of every scorer on every item): nothing here loads a model."""
+    of every scorer on every item): nothing here loads a model. A memorisation suite probes
+    ``artifact``'s run when given (see :func:`memorisation_source`), else the recipe's own training."""
     cache: dict[str, tuple[str, list[dict]]] = {}
+    memo: list[MemorisationSource] = []
+
+    def memorisation_of() -> MemorisationSource:
+        if not memo:
+            memo.append(memorisation_source(store, recipe, artifact))
+        return memo[0]
 
     def rows_of(ref: str) -> tuple[str, list[dict]]:
         if ref not in cache:
@@ -134,10 +190,11 @@ def plan_suites(store: Store, recipe: Recipe) -> list[Suite]:
     suites, seen = [], set()
     for i, ref in enumerate(refs):
         where = f"{recipe.source}: eval.suites[{i}]" if i < len(recipe.eval.suites) else f"{recipe.source}: eval.scorer"
-        if isinstance(ref, dict) and not {"use", "items", "dataset"} & set(ref):
+        if isinstance(ref, dict) and not {"use", "items", "dataset", "memorisation"} & set(ref):
             ref = {**ref, "dataset": EVAL_DATASET}  # an inline suite scores the recipe's eval set by default
         try:
-            suite = load_suite(ref, base_dir=folder, rows_of=rows_of, eval_dataset_id=eval_id, where=where)
+            suite = load_suite(ref, base_dir=folder, rows_of=rows_of, eval_dataset_id=eval_id, where=where,
+                               memorisation_of=memorisation_of)
         except TuneopsError as e:
             if e.message.startswith(recipe.source):
                 raise
@@ -152,11 +209,11 @@ def plan_suites(store: Store, recipe: Recipe) -> list[Suite]:
     return suites
 
 
-def check_eval_plan(store: Store, recipe: Recipe) -> list[Suite]:
+def check_eval_plan(store: Store, recipe: Recipe, artifact: ArtifactRecord | None = None) -> list[Suite]:
     """Before any model loads: every suite can score its items, every gate names a metric the suites
     produce, and a promoting recipe gates its own task. Returns the suites."""
     src = recipe.source
-    suites = plan_suites(store, recipe)
+    suites = plan_suites(store, recipe, artifact)
     measurable = {m for s in suites for m in s.metric_names()}
     task_metrics = {m for s in suites if s.is_task for m in s.metric_names()}
     for i, gate in enumerate(recipe.gates):
@@ -196,7 +253,7 @@ def evaluate_artifact(store: Store, artifact: ArtifactRecord, recipe: Recipe, *,
 
     base = store.get_base(artifact.base_id)
     # A run passes the suites it validated before training: the items evaluated are the items checked.
-    suites = suites if suites is not None else check_eval_plan(store, recipe)
+    suites = suites if suites is not None else check_eval_plan(store, recipe, artifact)
     other = resolve_baseline(store, artifact, baseline)
     artifact_dir(store, artifact)  # integrity first: a tampered artifact never costs a model load
     if other is not None:
@@ -255,7 +312,7 @@ def ladder_for_recipe(store: Store, recipe: Recipe, artifact: ArtifactRecord, *,
 
     from tuneops.eval.ladder import run_ladder
 
-    suites = check_eval_plan(store, recipe)
+    suites = check_eval_plan(store, recipe, artifact)
     task = [s for s in suites if s.is_task]
     if not task:
         raise InvalidInput(f"{recipe.source}: eval.suites: no suite scores the task's eval set, so there is no "
@@ -334,6 +391,13 @@ def _execute(store: Store, recipe: Recipe, run_id: str, work: Path, outcome: Run
     base, train_ds, eval_ds, suites = validate_inputs(store, recipe)
     store.transition_run(run_id, "running", base_id=base.id, dataset_ids=[train_ds.id, eval_ds.id])
     train_rows = load_rows(store, train_ds)
+    canaries = recipe.train.canaries
+    if canaries.count:
+        # Planted in memory only: the dataset version stays the user's data. The run records which
+        # canaries (prefix, sha256 of the secret) and how many rows; its recipe holds the spec.
+        store.add_run_event(run_id, "canaries", **canary_record(recipe.train.seed, canaries.count, canaries.repeats,
+                                                               dataset_rows=len(train_rows)))
+        train_rows = plant_canaries(train_rows, make_canaries(recipe.train.seed, canaries.count), canaries.repeats)
     outcome.phases["validate"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -371,6 +435,8 @@ def _execute(store: Store, recipe: Recipe, run_id: str, work: Path, outcome: Run
     outcome.phases["eval"] = time.perf_counter() - t0
 
     summary = {k: v["candidate"] for k, v in evald["metrics"].items()}
+    if canaries.count:
+        summary.update(canaries=canaries.count, canary_rows=canaries.count * canaries.repeats)
     summary.update(train_steps=result.steps, train_seconds=round(result.train_seconds, 2),
                    final_loss=result.losses[-1]["loss"] if result.losses else None,
                    eval_report=report.id, gates_passed=report.passed)

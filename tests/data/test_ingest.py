@@ -70,15 +70,6 @@ def test_unknown_keys_and_empty_content(sqlite_store, tmp_path):
     assert "k.jsonl:1: messages[1].content must be a non-empty string" in e.value.message
 
 
-def test_bundled_eval_uses_unseen_templates():
-    train, held_out = json_extraction_rows(200, 40, seed=0)
-    from tuneops.data.bundled import EVAL_TEMPLATES, TRAIN_TEMPLATES
-
-    assert not set(EVAL_TEMPLATES) & set(TRAIN_TEMPLATES)
-    assert json_extraction_rows(200, 40, seed=0) == (train, held_out)
-    assert {json.loads(r["messages"][-1]["content"]).keys() == {"name", "age", "city"} for r in held_out} == {True}
-
-
 def test_row_without_a_user_turn_is_refused_at_ingest(sqlite_store, tmp_path):
     f = tmp_path / "eval.jsonl"
     f.write_text(json.dumps({"messages": [{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}]})

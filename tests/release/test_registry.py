@@ -139,6 +139,25 @@ def test_report_without_a_task_gate_cannot_promote(registry):
         promote(store, a, "bot@production")
 
 
+def test_an_ungated_report_never_hides_the_gated_verdict(registry):
+    """An lm-eval-harness run or an `eval run` without gates is newer but decides nothing."""
+    import datetime as dt
+
+    store, (a, _, c) = registry
+    later = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) + dt.timedelta(hours=1)
+    with store.session() as s:
+        for i, art in ((10, a), (12, c)):
+            s.add(EvalReportRecord(id=f"ev-{i}", artifact_id=art, baseline="base-0123", suites=[], metrics={},
+                                   gates=[], passed=False, report_blob="x", created_at=later))
+    promote(store, a, "bot@production")  # ev-0 passed; the newer ungated ev-10 does not block it
+    with pytest.raises(GateFailed, match="failed its gates in ev-2"):  # nor does ev-12 hide ev-2's failure
+        promote(store, c, "bot@production")
+    with store.session() as s:
+        s.get(EvalReportRecord, "ev-0").gates = []
+    with pytest.raises(GateFailed, match="no eval report that judged gates"):
+        promote(store, a, "bot@staging")
+
+
 def test_conditional_moves(registry):
     store, (a, b, _) = registry
     with pytest.raises(StateError, match="points at nothing, not " + a):

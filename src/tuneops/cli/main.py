@@ -342,6 +342,8 @@ def eval_suites(as_json: bool = JSON):
         spec, _ = parse_suite_yaml((BUILTIN_DIR / f"{name}.yaml").read_text(encoding="utf-8"), f"builtin:{name}")
         if spec.dataset is not None:  # scores a dataset (usually the recipe's eval set): no items of its own
             items, metrics = f"dataset {spec.dataset}", ""
+        elif spec.memorisation is not None:  # items built from the artifact's training run
+            items, metrics = "built from the training run", ""
         else:
             loaded = load_suite(name)
             items, metrics = len(loaded.items), ", ".join(loaded.metric_names())
@@ -403,6 +405,11 @@ def eval_show(report_id: str, items: int = typer.Option(0, help="Also print the 
                    "candidate_scores": r.get("candidate_scores")} for r in rows[:items]],
                  as_json=False, title=f"{suite}: first {items} items")
 
+
+from tuneops.cli.rescore_cmd import register as _register_rescore  # noqa: E402  (eval rescore)
+_register_rescore(eval_app)
+from tuneops.cli.harness_cmd import register as _register_harness  # noqa: E402  (eval harness)
+_register_harness(eval_app)
 
 # -- registry ------------------------------------------------------------------------------
 ART_FIELDS = ("id", "method", "base_id", "run_id", "created_at")

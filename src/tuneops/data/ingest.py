@@ -16,7 +16,7 @@ from tuneops.store.ids import canonical_json, content_id, sha256_bytes
 from tuneops.store.schema import DatasetName, DatasetRecord, utcnow
 
 ROLES = {"system", "user", "assistant"}
-ROW_KEYS = {"messages", "source", "license"}
+ROW_KEYS = {"messages", "source", "license", "tags"}
 MAX_ERRORS_SHOWN = 10
 
 
@@ -46,6 +46,10 @@ def _validate_row(obj, where: str) -> list[str]:
     for key in ("source", "license"):
         if key in obj and (not isinstance(obj[key], str) or not obj[key].strip()):
             errors.append(f"{where}: '{key}' must be a non-empty string")
+    if "tags" in obj and (not isinstance(obj["tags"], list)
+                          or not all(isinstance(t, str) and t.strip() for t in obj["tags"])):
+        errors.append(f"{where}: 'tags' must be a list of non-empty strings (slices in eval reports), "
+                      f"e.g. [\"form\", \"accented\"]")
     return errors
 
 
@@ -196,6 +200,7 @@ def read_chat_jsonl(path: Path, *, source: str, license: str) -> list[dict]:
                 "messages": obj["messages"],
                 "source": obj.get("source", source),
                 "license": obj.get("license", license),
+                **({"tags": obj["tags"]} if obj.get("tags") else {}),
             })
     if errors:
         shown = "\n  ".join(errors[:MAX_ERRORS_SHOWN])
@@ -215,7 +220,8 @@ def build_manifest(rows: list[dict]) -> dict:
     return {
         "format": "tuneops.chat/v1",
         "rows": [
-            {"sha256": sha256_bytes(canonical_json(r["messages"])), "source": r["source"], "license": r["license"]}
+            {"sha256": sha256_bytes(canonical_json(r["messages"])), "source": r["source"], "license": r["license"],
+             **({"tags": r["tags"]} if r.get("tags") else {})}
             for r in rows
         ],
     }

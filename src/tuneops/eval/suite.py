@@ -14,8 +14,10 @@
     tags_field: topic                    # per-item tag (or list of tags): metrics per slice
 
 Items drawn from a chat dataset become ``{"chat": <all but the last message>, "reference":
-<last message>}``; with no template, an item's ``chat`` is used as it is. Everything that can be
-wrong with a suite is reported before any model loads, naming file, line and field.
+<last message>}``; with no template, an item's ``chat`` is used as it is. A suite with
+``memorisation:`` instead of items builds them at eval time from what the model was trained on
+(the run's canaries and prefixes of its training rows; see :func:`memorisation_items`). Everything
+that can be wrong with a suite is reported before any model loads, naming file, line and field.
 """
 
 import json
@@ -23,7 +25,7 @@ import random
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -31,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tuneops.errors import InvalidInput
 from tuneops.eval.scorers import ScorerSpec, get_scorer, parse_params
 from tuneops.store.ids import canonical_json, sha256_bytes
+from tuneops.train.canaries import Canary
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 EVAL_DATASET = "$eval"  # in a suite: "the recipe's own eval dataset"
@@ -63,11 +66,28 @@ class GenerationSpec(_Strict):
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy (the default, and what gates should use).")
 
 
+class MemorisationSpec(_Strict):
+    canaries: bool = Field(True, description="Probe every canary the run planted (train.canaries): prompt = the "
+                                             "canary's prefix, reference = its secret; tag `canary`.")
+    prefixes: int = Field(20, ge=0, le=10000,
+                          description="Training rows to probe (sampled with `seed`): prompt = the row's chat up to "
+                                      "the assistant reply, reference = the reply's first `continuation_chars` "
+                                      "characters; tag `train_prefix`.")
+    continuation_chars: int = Field(32, gt=0, le=4000, description="Characters of a training reply to reproduce.")
+    seed: int = Field(0, description="Which training rows are sampled.")
+
+
+MEMORISATION_KEYS = frozenset(MemorisationSpec.model_fields)
+
+
 class SuiteSpec(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$", description="Suite name; metric names are `<name>.<metric>`.")
     description: str = Field("", description="What the suite measures and how it was built.")
     items: str | list[dict] | None = Field(None, description="JSONL file (relative to this file) or an inline list.")
     dataset: str | None = Field(None, description="A dataset id or name, or `$eval` for the recipe's eval set.")
+    memorisation: MemorisationSpec | None = Field(
+        None, description="Build the items at eval time from what the model was trained on (its run's canaries "
+                          "and training rows) instead of `items` / `dataset`.")
     task: bool | None = Field(
         None, description="Whether the suite scores the task itself (default: true when its items are the "
                           "recipe's eval set). Promotion needs a gate on a task suite.")
@@ -297,8 +317,55 @@ def read_jsonl_items(path: Path) -> list[dict]:
 
 def chat_rows_to_items(rows: list[dict]) -> list[dict]:
     """Dataset chat rows -> items: the prompt is every message but the last, the reference the last."""
-    return [{"chat": r["messages"][:-1], "reference": r["messages"][-1]["content"], "_line": i}
+    return [{"chat": r["messages"][:-1], "reference": r["messages"][-1]["content"], "_line": i,
+             **({"tags": r["tags"]} if r.get("tags") else {})}
             for i, r in enumerate(rows, start=1)]
+
+
+@dataclass
+class MemorisationSource:
+    """What a memorisation suite probes: the canaries a run planted and the rows it trained on."""
+
+    origin: str  # "run run-…" or "recipe <file>", for messages
+    canaries: list[Canary] = field(default_factory=list)
+    train_dataset_id: str | None = None
+    train_rows: list[dict] | None = None
+
+
+def memorisation_items(spec: MemorisationSpec, source: MemorisationSource, where: str) -> list[dict]:
+    """Items of a memorisation suite; InvalidInput when there is nothing to probe.
+
+    Canary items: the canary's prefix as the user turn, its secret as the reference (tag ``canary``).
+    Training-prefix items: ``spec.prefixes`` rows sampled with ``spec.seed`` from the rows with a
+    non-empty final assistant reply; the prompt is the row's chat before that reply, exactly as it was
+    trained (the loss was on the reply only), the reference the reply's first ``continuation_chars``
+    characters, surrounding whitespace stripped (tag ``train_prefix``). The cut is at the start of the
+    reply because generation answers a chat with a new assistant turn; a cut inside the reply would
+    need the assistant turn continued instead."""
+    items: list[dict] = []
+    if spec.canaries:
+        items += [{"chat": [{"role": "user", "content": c.prefix}], "reference": c.secret, "kind": "canary",
+                   "canary": c.index} for c in source.canaries]
+    rows = source.train_rows or []
+    if spec.prefixes and rows:
+        eligible = [i for i, r in enumerate(rows) if len(r.get("messages") or []) >= 2
+                    and r["messages"][-1].get("role") == "assistant"
+                    and str(r["messages"][-1].get("content") or "").strip()]
+        picked = sorted(random.Random(f"memorisation:{spec.seed}").sample(eligible, min(spec.prefixes, len(eligible))))
+        items += [{"chat": [dict(m) for m in rows[i]["messages"][:-1]],
+                   "reference": str(rows[i]["messages"][-1]["content"]).lstrip()[: spec.continuation_chars].rstrip(),
+                   "kind": "train_prefix", "dataset": source.train_dataset_id, "dataset_row": i} for i in picked]
+    if not items:
+        planted = (f"{source.origin} planted no canaries (train.canaries)" if spec.canaries
+                   else "canaries are switched off (canaries: false)")
+        rows_note = ("prefixes is 0" if not spec.prefixes else
+                     "there is no training dataset to take prefixes from" if source.train_rows is None
+                     else "the training dataset has no row with an assistant reply")
+        raise InvalidInput(f"{where}: the memorisation suite has nothing to probe: {planted}, and {rows_note}",
+                           hint="train with `train.canaries: {count: 4}` in the recipe, or evaluate an artifact of a "
+                                "tuneops run (its training data is found from its lineage), or give a recipe whose "
+                                "data.train names the training data")
+    return [dict(it, _line=n) for n, it in enumerate(items, start=1)]
 
 
 # -- resolving a suite ---------------------------------------------------------------------
@@ -307,20 +374,27 @@ def builtin_names() -> list[str]:
 
 
 def load_suite(ref: str | dict, *, base_dir: Path | None = None, rows_of=None, eval_dataset_id: str | None = None,
-               where: str = "suite") -> Suite:
+               where: str = "suite", memorisation_of: Callable[[], MemorisationSource] | None = None,
+               memorisation_overrides: dict | None = None) -> Suite:
     """Resolve a suite reference — a built-in name, a path to a suite YAML, or an inline dict — into a
     validated Suite with its items. ``rows_of(ref) -> (dataset_id, rows)`` reads dataset versions
-    (``$eval`` is passed through for the caller to resolve). Raises InvalidInput naming file/line/field."""
+    (``$eval`` is passed through for the caller to resolve); ``memorisation_of()`` says what a
+    memorisation suite probes (called only for one). Raises InvalidInput naming file/line/field."""
     if isinstance(ref, dict) and "use" in ref:
-        # {use: forgetting, per_tag: 8}: a built-in or file suite with a few settings overridden
+        # {use: forgetting, per_tag: 8}: a built-in or file suite with a few settings overridden;
+        # {use: memorisation, prefixes: 20, continuation_chars: 32}: a memorisation suite's settings too
         overrides = {k: v for k, v in ref.items() if k != "use"}
         allowed = {"max_items", "per_tag", "generation", "tags_field"}
-        if set(overrides) - allowed:
-            raise InvalidInput(f"{where}: {sorted(set(overrides) - allowed)}: cannot be overridden with `use:`",
-                               hint=f"override only {sorted(allowed)}, or copy the suite file and edit it")
+        if set(overrides) - allowed - MEMORISATION_KEYS:
+            raise InvalidInput(f"{where}: {sorted(set(overrides) - allowed - MEMORISATION_KEYS)}: cannot be "
+                               "overridden with `use:`",
+                               hint=f"override only {sorted(allowed)} (and, on a memorisation suite, "
+                                    f"{sorted(MEMORISATION_KEYS)}), or copy the suite file and edit it")
+        memo = {k: v for k, v in overrides.items() if k in MEMORISATION_KEYS}
         inner = load_suite(ref["use"], base_dir=base_dir, rows_of=rows_of, eval_dataset_id=eval_dataset_id,
-                           where=where)
-        spec = inner.spec.model_copy(update={k: v for k, v in overrides.items() if k != "generation"})
+                           where=where, memorisation_of=memorisation_of, memorisation_overrides=memo or None)
+        spec = inner.spec.model_copy(update={k: v for k, v in overrides.items()
+                                             if k != "generation" and k not in MEMORISATION_KEYS})
         if "generation" in overrides:
             spec.generation = GenerationSpec.model_validate({**inner.spec.generation.model_dump(),
                                                              **overrides["generation"]})
@@ -343,11 +417,35 @@ def load_suite(ref: str | dict, *, base_dir: Path | None = None, rows_of=None, e
         source = f"builtin:{ref}" if path.parent == BUILTIN_DIR else str(path)
         spec, lines = parse_suite_yaml(path.read_text(encoding="utf-8"), source)
         folder = path.parent
-    if (spec.items is None) == (spec.dataset is None):
-        raise InvalidInput(f"{_where(source, lines, ())}: set exactly one of `items` and `dataset`",
-                           hint="items: file.jsonl (or an inline list), or dataset: <id|name|$eval>")
+    if memorisation_overrides:
+        if spec.memorisation is None:
+            raise InvalidInput(f"{where}: {sorted(memorisation_overrides)}: only a memorisation suite takes these, "
+                               f"and {source} is not one", hint="remove them, or `use: memorisation`")
+        try:
+            memo = MemorisationSpec.model_validate({**spec.memorisation.model_dump(), **memorisation_overrides})
+        except ValidationError as e:
+            raise InvalidInput("\n".join(f"{where}: {_loc_str(tuple(err['loc']))}: {err['msg']} (got {err['input']!r})"
+                                         for err in e.errors()), hint="fix the setting(s) named above") from None
+        spec = spec.model_copy(update={"memorisation": memo})
+    if sum(x is not None for x in (spec.items, spec.dataset, spec.memorisation)) != 1:
+        raise InvalidInput(f"{_where(source, lines, ())}: set exactly one of `items` and `dataset` (or `memorisation`)",
+                           hint="items: file.jsonl (or an inline list), or dataset: <id|name|$eval>, or "
+                                "memorisation: {prefixes: 20} (items built from the training run)")
     is_task = bool(spec.task)
-    if spec.dataset is not None:
+    if spec.memorisation is not None:
+        if memorisation_of is None:
+            raise InvalidInput(f"{where}: {source} builds its items from a training run (its canaries and "
+                               "training rows), and none was given",
+                               hint="name it in a recipe's eval.suites, or run `tuneops eval run ARTIFACT --suite "
+                                    "memorisation` on an artifact of a tuneops run")
+        memo_source = memorisation_of()
+        items = memorisation_items(spec.memorisation, memo_source, where)
+        if spec.generation.max_new_tokens is None:  # a token is at least one character: enough to reproduce
+            longest = max(len(it["reference"]) for it in items)
+            spec = spec.model_copy(update={"generation": spec.generation.model_copy(
+                update={"max_new_tokens": min(4096, longest + 8)})})
+        item_source = f"memorisation items ({memo_source.origin})"
+    elif spec.dataset is not None:
         if rows_of is None:
             raise InvalidInput(f"{source}: dataset: {spec.dataset!r} needs a store to read from")
         ds_id, rows = rows_of(spec.dataset)

@@ -73,10 +73,14 @@ def artifact_dir(store: Store, artifact: ArtifactRecord) -> Path:
     return store.blobs.verified_tree_path(artifact.tree, f"artifact {artifact.id}")
 
 
-def latest_eval(store: Store, artifact_id: str) -> EvalReportRecord | None:
+def latest_eval(store: Store, artifact_id: str, *, gated: bool = False) -> EvalReportRecord | None:
+    """The artifact's newest eval report; with ``gated``, the newest that judged gates. An ungated
+    report (``eval run`` without gates, an lm-evaluation-harness run, a look at another suite)
+    informs but decides nothing, so it never hides the gated verdict promotion relies on."""
     with store.session(write=False) as s:
-        rec = s.scalars(select(EvalReportRecord).where(EvalReportRecord.artifact_id == artifact_id)
-                        .order_by(EvalReportRecord.created_at.desc())).first()
+        query = (select(EvalReportRecord).where(EvalReportRecord.artifact_id == artifact_id)
+                 .order_by(EvalReportRecord.created_at.desc()))
+        rec = next((r for r in s.scalars(query) if r.gates or not gated), None)
         if rec is not None:
             s.expunge(rec)
         return rec
@@ -145,10 +149,10 @@ def check_promotable(store: Store, artifact: ArtifactRecord) -> EvalReportRecord
                          + (f"is {run_state}" if run_state else "is not in this store")
                          + "; only artifacts of succeeded runs are promoted",
                          hint="re-run the recipe, or pass --force --reason '…' (logged)")
-    report = latest_eval(store, artifact.id)
+    report = latest_eval(store, artifact.id, gated=True)
     if report is None:
-        raise GateFailed(f"{artifact.id} has no eval report, so it cannot be promoted",
-                         hint=f"evaluate it first (`tuneops eval run {artifact.id} --recipe R`), "
+        raise GateFailed(f"{artifact.id} has no eval report that judged gates, so it cannot be promoted",
+                         hint=f"evaluate it with gates first (`tuneops eval run {artifact.id} --recipe R --gates R`), "
                               "or pass --force --reason '…' (logged)")
     if not report.passed:
         failed = "; ".join(f"{g['gate']} (candidate {g['candidate']}, needed {g['threshold']})"

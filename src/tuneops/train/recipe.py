@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_serializer, model_validator
 
 from tuneops.errors import InvalidInput
 from tuneops.store.ids import canonical_json, sha256_bytes
@@ -34,6 +34,18 @@ class LoraSpec(_Strict):
         "all-linear", description="Modules to adapt: 'all-linear' or a list of module names.")
 
 
+class CanarySpec(_Strict):
+    """Random secrets planted in the training rows, so the `memorisation` suite can tell whether the
+    adapter memorised what it saw (see train/canaries.py and docs/eval.md, "Memorisation")."""
+
+    count: int = Field(0, ge=0, le=1000,
+                       description="Canaries to plant (0 = none, the default). Canary i is a chat row: user "
+                                   "'The secret code of tuneops canary i is', assistant a random secret like "
+                                   "'7Q4-K9X-2RB', generated from train.seed. Never stored as dataset rows; the "
+                                   "run records each canary's prefix and the sha256 of its secret.")
+    repeats: int = Field(1, ge=1, le=10000, description="Copies of each canary row added to the training rows.")
+
+
 class TrainSpec(_Strict):
     epochs: float = Field(1.0, gt=0, description="Passes over the training data.")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
@@ -43,6 +55,16 @@ class TrainSpec(_Strict):
     max_length: int = Field(256, gt=8, description="Longer rows are truncated to this many tokens.")
     seed: int = Field(0, description="Seed for data order, LoRA init and dropout.")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores).")
+    canaries: CanarySpec = Field(default_factory=CanarySpec,
+                                 description="Plant canaries: {count: 4, repeats: 1}. Off by default.")
+
+    @model_serializer(mode="wrap")
+    def _omit_canaries_when_off(self, handler):
+        # A recipe without canaries saves and hashes exactly as before the field existed.
+        data = handler(self)
+        if isinstance(data, dict) and not self.canaries.count:
+            data.pop("canaries", None)
+        return data
 
 
 class EvalSpec(_Strict):

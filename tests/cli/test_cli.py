@@ -39,7 +39,7 @@ def test_bad_input_exits_2_with_file_and_line(tmp_path):
     f = tmp_path / "broken.jsonl"
     f.write_text('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n{oops\n')
     home = tmp_path / "home"
-    proc = tuneops(home, "data", "ingest", str(f), "--name", "x", check=False)
+    proc = tuneops(home, "data", "ingest", str(f), "--name", "x", "--license", "MIT", check=False)
     assert proc.returncode == 2
     assert f"{f}:2: not valid JSON" in proc.stderr and "Traceback" not in proc.stderr
     assert json.loads(tuneops(home, "data", "list", "--json").stdout) == []
@@ -90,13 +90,27 @@ def test_registry_show_of_a_tampered_artifact_lists_the_file_and_exits_2(tmp_pat
     assert "failed its integrity check" in proc.stderr
 
 
+def test_a_row_without_a_licence_is_refused_unless_unknown_is_said(tmp_path):
+    f = tmp_path / "rows.jsonl"
+    f.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
+                 + "\n")
+    home = tmp_path / "home"
+    proc = tuneops(home, "data", "ingest", str(f), "--name", "x", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{f}:1: license: the row has none" in proc.stderr and "--license unknown" in proc.stderr
+    proc = tuneops(home, "data", "ingest", str(f), "--name", "x", "--license", "CC-BY-NC", check=False)
+    assert proc.returncode == 2 and "'CC-BY-NC' is not a licence" in proc.stderr and "CC-BY-NC-4.0" in proc.stderr
+    shown = json.loads(tuneops(home, "data", "ingest", str(f), "--name", "x", "--license", "unknown", "--json").stdout)
+    assert shown["license"] == "unknown" and shown["permitted_uses"] == ["research"]
+
+
 def test_data_list_shows_every_name_of_a_version(tmp_path):
     f = tmp_path / "rows.jsonl"
     f.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
                  + "\n")
     home = tmp_path / "home"
-    first = json.loads(tuneops(home, "data", "ingest", str(f), "--name", "v1", "--json").stdout)
-    again = json.loads(tuneops(home, "data", "ingest", str(f), "--name", "latest", "--json").stdout)
+    first = json.loads(tuneops(home, "data", "ingest", str(f), "--name", "v1", "--license", "MIT", "--json").stdout)
+    again = json.loads(tuneops(home, "data", "ingest", str(f), "--name", "latest", "--license", "MIT", "--json").stdout)
     assert again["id"] == first["id"] and again["created"] is False
     (listed,) = json.loads(tuneops(home, "data", "list", "--json").stdout)
     assert listed["names"] == "v1, latest"

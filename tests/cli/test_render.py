@@ -16,13 +16,13 @@ def test_dataset_rows_source_license_and_path_print_verbatim(tmp_path):
     folder.mkdir(parents=True)
     f = folder / "rows.jsonl"
     row = {"messages": [{"role": "user", "content": f"q {TRICKY}"}, {"role": "assistant", "content": "[/x]"}],
-           "license": "[bold]CC0[/x]"}
+           "license": "CC0-1.0"}  # licences are SPDX ids now, so markup cannot reach one
     f.write_text(json.dumps(row) + "\n")
     home = tmp_path / "home"
     tuneops(home, "data", "ingest", f, "--name", "tricky", "--source", f"src {TRICKY}")
     shown = tuneops(home, "data", "show", "tricky").stdout
     assert f"src {TRICKY}" in shown  # sources
-    assert "[bold]CC0[/x]" in shown  # licenses
+    assert "CC0-1.0" in shown  # licenses
     assert str(f) in shown  # origin: the path
     assert f"q {TRICKY}" in shown  # the first row
     as_json = json.loads(tuneops(home, "data", "show", "tricky", "--json").stdout)

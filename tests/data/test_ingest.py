@@ -23,7 +23,7 @@ def _blob_count(store):
 
 def test_same_data_same_id_and_provenance_per_row(sqlite_store, tmp_path):
     rows, _ = json_extraction_rows(5, 0)
-    rows[0] = {"messages": rows[0]["messages"], "source": "crm-export-2026-10", "license": "internal"}
+    rows[0] = {"messages": rows[0]["messages"], "source": "crm-export-2026-10", "license": "LicenseRef-internal-only"}
     for r in rows[1:]:
         del r["source"], r["license"]
     a, created_a = ingest_jsonl(sqlite_store, _write(tmp_path / "a.jsonl", rows), name="x", source="wiki",
@@ -32,7 +32,7 @@ def test_same_data_same_id_and_provenance_per_row(sqlite_store, tmp_path):
                                 license="CC-BY-4.0")
     assert a.id == b.id and a.id.startswith("ds-") and created_a and not created_b
     manifest = load_manifest(sqlite_store, a)
-    assert manifest["rows"][0]["source"] == "crm-export-2026-10" and manifest["rows"][0]["license"] == "internal"
+    assert manifest["rows"][0]["source"] == "crm-export-2026-10" and manifest["rows"][0]["license"] == "LicenseRef-internal-only"
     assert {r["license"] for r in manifest["rows"][1:]} == {"CC-BY-4.0"}
     assert load_rows(sqlite_store, a)[2]["messages"] == rows[2]["messages"]
     # One changed character -> a different version.

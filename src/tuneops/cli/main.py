@@ -121,7 +121,9 @@ DS_FIELDS = ("id", "name", "num_rows", "created_at")
 @data_app.command("ingest")
 def data_ingest(path: Path, name: str = typer.Option(..., help="Dataset name (versions share it)."),
                 source: Optional[str] = typer.Option(None, help="Provenance recorded per row (default file:NAME)."),
-                license: str = typer.Option("unknown", help="Licence recorded per row unless the row has one."),
+                license: Optional[str] = typer.Option(None, help="SPDX licence id recorded per row unless the row "
+                                                                 "has one (e.g. MIT, CC-BY-NC-4.0); rows with none "
+                                                                 "are refused unless you say --license unknown."),
                 as_json: bool = JSON):
     """Validate a chat JSONL file and store it as an immutable dataset version (all or nothing)."""
     from tuneops.data.ingest import ingest_jsonl

@@ -10,6 +10,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from tuneops.data.licenses import most_restrictive, normalise_license, obligations, permitted_uses
 from tuneops.errors import InvalidInput
 from tuneops.store import Store
 from tuneops.store.ids import canonical_json, content_id, sha256_bytes
@@ -152,7 +153,7 @@ def _lone_surrogate(obj, field: str = "") -> tuple[str, str] | None:
     return None
 
 
-def read_chat_jsonl(path: Path, *, source: str, license: str) -> list[dict]:
+def read_chat_jsonl(path: Path, *, source: str, license: str | None) -> list[dict]:
     """Parse and validate every line; raise InvalidInput naming each bad file:line.
 
     Accepted: UTF-8, with or without a byte-order mark, LF or CRLF line endings. Refused with a
@@ -196,10 +197,20 @@ def read_chat_jsonl(path: Path, *, source: str, license: str) -> list[dict]:
             if row_errors:
                 errors.extend(row_errors)
                 continue
+            row_license = obj.get("license", license)
+            if row_license is None:
+                errors.append(f"{where}: license: the row has none and no default was given; add --license SPDX-ID "
+                              "(e.g. --license MIT), or --license unknown to say so explicitly")
+                continue
+            try:
+                row_license = normalise_license(row_license, where=f"{where}: license")
+            except InvalidInput as e:
+                errors.append(f"{e.message} ({e.hint})")
+                continue
             rows.append({
                 "messages": obj["messages"],
                 "source": obj.get("source", source),
-                "license": obj.get("license", license),
+                "license": row_license,
                 **({"tags": obj["tags"]} if obj.get("tags") else {}),
             })
     if errors:
@@ -239,10 +250,17 @@ def check_dataset_name(name: str) -> str:
     return name
 
 
+def _with_spdx(row: dict, n: int) -> dict:
+    """The row with its licence as a canonical SPDX id (refused, naming the row, if unknown)."""
+    spdx = normalise_license(row.get("license"), where=f"row {n}: license")
+    return row if spdx == row.get("license") else {**row, "license": spdx}
+
+
 def ingest_rows(store: Store, rows: list[dict], *, name: str, origin: str = "memory") -> tuple[DatasetRecord, bool]:
     """Store validated rows as a dataset version; returns (record, created). Same rows -> same id,
     whatever the name; the name is linked to the version either way (``tuneops data list``)."""
     check_dataset_name(name)
+    rows = [_with_spdx(r, i) for i, r in enumerate(rows, start=1)]
     manifest = build_manifest(rows)
     manifest_bytes = canonical_json(manifest)
     ds_id = content_id("ds", sha256_bytes(manifest_bytes))
@@ -258,6 +276,10 @@ def ingest_rows(store: Store, rows: list[dict], *, name: str, origin: str = "mem
             "origin": origin,
             "sources": dict(Counter(r["source"] for r in rows)),
             "licenses": dict(Counter(r["license"] for r in rows)),
+            # the most restrictive row decides what the version may be used for
+            "license": most_restrictive(r["license"] for r in rows),
+            "permitted_uses": sorted(permitted_uses({r["license"] for r in rows})),
+            "obligations": obligations({r["license"] for r in rows}),
             "turns": dict(Counter(str(len(r["messages"])) for r in rows)),
             "has_system_prompt": sum(1 for r in rows if r["messages"][0]["role"] == "system"),
             "duplicate_rows": len(rows) - len({m["sha256"] for m in manifest["rows"]}),
@@ -281,7 +303,7 @@ def link_dataset_name(store: Store, name: str, ds_id: str) -> bool:
 
 
 def ingest_jsonl(store: Store, path: Path, *, name: str, source: str | None = None,
-                 license: str = "unknown") -> tuple[DatasetRecord, bool]:
+                 license: str | None = None) -> tuple[DatasetRecord, bool]:
     rows = read_chat_jsonl(path, source=source or f"file:{Path(path).name}", license=license)
     return ingest_rows(store, rows, name=name, origin=str(path))
 

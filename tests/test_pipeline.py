@@ -113,3 +113,26 @@ def test_missing_dataset_error_names_recipe_file_and_field(tiny_env):
     store, base = tiny_env
     _refused_before_training(store, tiny_recipe(base.id, data={"train": "nope", "eval": "tiny-eval"}),
                              r"tiny recipe: data.train: dataset 'nope' not found")
+
+
+def test_licences_and_retention_gate_the_run_before_training(tiny_env):
+    """Non-commercial rows cannot train a commercial model; rows past retention train nothing."""
+    from tuneops.data.bundled import json_extraction_rows
+    from tuneops.data.ingest import ingest_rows
+
+    store, base = tiny_env
+    rows, _ = json_extraction_rows(12, 0, seed=7)
+    rows[3] = {**rows[3], "license": "CC-BY-NC-4.0", "source": "forum-dump"}
+    ingest_rows(store, rows, name="nc-train")
+    recipe = tiny_recipe(base.id, data={"train": "nc-train", "eval": "tiny-eval"})
+    _refused_before_training(store, recipe, r"data.use: training data ds-\w+ may not be used for commercial: "
+                                            r"1 row\(s\) under CC-BY-NC-4.0 .* from forum-dump")
+    research = tiny_recipe(base.id, data={"train": "nc-train", "eval": "tiny-eval", "use": "research"})
+    assert research.data.use == "research" and "use" not in tiny_recipe(base.id).model_dump()["data"]
+    from tuneops.pipeline import validate_inputs
+
+    validate_inputs(store, research)  # the same rows may train a research model
+    rows[5] = {**rows[5], "retention_until": "2020-01-01"}
+    ingest_rows(store, rows, name="expired-train")
+    expired = tiny_recipe(base.id, data={"train": "expired-train", "eval": "tiny-eval", "use": "research"})
+    _refused_before_training(store, expired, r"past retention \(until 2020-01-01\)")

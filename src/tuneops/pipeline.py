@@ -14,6 +14,7 @@ import yaml
 from rich.progress import Progress
 
 from tuneops.data.ingest import load_manifest, load_rows
+from tuneops.data.licenses import check_use
 from tuneops.errors import GateFailed, Interrupted, InvalidInput, NotFound, TuneopsError
 from tuneops.eval.gates import check_gates
 from tuneops.eval.paired import plot_comparison, run_paired_eval, save_eval_report
@@ -94,7 +95,17 @@ def validate_inputs(store: Store, recipe: Recipe):
                 raise InvalidInput(f"{src}: data.{key}: row(s) {bad[:5]} of {ds.id} look like tuneops canaries "
                                    "('The secret code of tuneops canary N is'); canaries are planted at training "
                                    "time and are never data", hint="remove those rows and ingest the data again")
-    train_hashes = {r["sha256"] for r in load_manifest(store, train_ds)["rows"]}
+    for key, ds in (("train", train_ds), ("eval", eval_ds)):
+        if key == "train" and ds.summary.get("kind", "sft") != "sft":
+            raise InvalidInput(f"{src}: data.train: {ds.id} holds {ds.summary['kind']} rows; supervised fine-tuning "
+                               "needs chat rows (messages)", hint="give a dataset of SFT rows")
+    train_manifest = load_manifest(store, train_ds)
+    allowed = check_use(train_manifest["rows"], recipe.data.use)
+    if not allowed.ok:
+        raise InvalidInput(f"{src}: data.use: {allowed.message(recipe.data.use, f'training data {train_ds.id}')}",
+                           hint="train on rows whose licences permit this use (see `tuneops data show`), or "
+                                "declare the use the model really has (data.use: research|internal|commercial)")
+    train_hashes = {r["sha256"] for r in train_manifest["rows"]}
     leaked = sum(1 for r in load_manifest(store, eval_ds)["rows"] if r["sha256"] in train_hashes)
     if leaked:
         raise InvalidInput(f"{src}: data.eval: {leaked} row(s) of {eval_ds.id} also appear in the training set "

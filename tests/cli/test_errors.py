@@ -63,15 +63,15 @@ def test_error_text_with_brackets_is_not_markup(tmp_path):
     assert "'^[a-z0-9][a-z0-9._-]{0,99}$'" in proc.stderr
 
 
-def test_ingest_of_a_gzip_file_exits_2_names_it_and_stores_nothing(tmp_path):
+def test_ingest_of_a_bad_gzip_row_exits_2_names_it_and_stores_nothing(tmp_path):
     import gzip
 
     f = tmp_path / "rows.jsonl.gz"
     f.write_bytes(gzip.compress(b'{"messages": []}\n'))
     home = tmp_path / "home"
-    proc = tuneops(home, "data", "ingest", f, "--name", "x", check=False)
+    proc = tuneops(home, "data", "ingest", f, "--name", "x", "--license", "MIT", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert f"error: {f}: is gzip-compressed" in proc.stderr and "fix: decompress it first" in proc.stderr
+    assert f"{f}:1: messages" in proc.stderr and "nothing was read" in proc.stderr
     assert tuneops(home, "data", "list", "--json").stdout.strip() == "[]"
 
 

@@ -66,7 +66,7 @@ def test_tags_survive_ingest_and_reach_eval_items(sqlite_store):
 
 
 def test_bad_tags_are_refused_naming_the_line(sqlite_store, tmp_path):
-    row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "tags": "form"}
+    row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "tags": [3, ""]}
     f = tmp_path / "t.jsonl"
     f.write_text(json.dumps(row) + "\n")
     with pytest.raises(InvalidInput, match=r"t.jsonl:1: 'tags' must be a list of non-empty strings"):

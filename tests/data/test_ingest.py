@@ -54,9 +54,8 @@ def test_malformed_line_rejected_atomically(sqlite_store, tmp_path):
         ingest_jsonl(sqlite_store, path, name="bad")
     msg = e.value.message
     assert f"{path}:3: not valid JSON" in msg
-    assert f"{path}:5: messages[0].role is 'robot'" in msg
-    assert f"{path}:5: the last message must be the assistant's answer" in msg
-    assert "nothing was ingested" in msg
+    assert f"{path}:5: messages[0].role: is 'robot'; use one of system, user, assistant, tool" in msg
+    assert "nothing was read" in msg
     assert sqlite_store.all(DatasetRecord) == []
     assert _blob_count(sqlite_store) == before
 
@@ -66,15 +65,17 @@ def test_unknown_keys_and_empty_content(sqlite_store, tmp_path):
                                                        {"role": "assistant", "content": " "}], "label": 1}])
     with pytest.raises(InvalidInput) as e:
         ingest_jsonl(sqlite_store, path, name="k")
-    assert "k.jsonl:1: unknown key(s) ['label']" in e.value.message
-    assert "k.jsonl:1: messages[1].content must be a non-empty string" in e.value.message
+    assert "k.jsonl:1: unknown column(s) 'label'" in e.value.message
+    row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": " "}]}
+    with pytest.raises(InvalidInput, match=r"k2.jsonl:1: messages\[1\].content: empty"):
+        ingest_jsonl(sqlite_store, _write(tmp_path / "k2.jsonl", [row]), name="k", license="MIT")
 
 
 def test_row_without_a_user_turn_is_refused_at_ingest(sqlite_store, tmp_path):
     f = tmp_path / "eval.jsonl"
     f.write_text(json.dumps({"messages": [{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}]})
                  + "\n")
-    with pytest.raises(InvalidInput, match=rf"{f}:1: no user message before the assistant's answer"):
+    with pytest.raises(InvalidInput, match=rf"{f}:1: messages: no user message before the assistant's answer"):
         ingest_jsonl(sqlite_store, f, name="ev")
     assert sqlite_store.all(DatasetRecord) == []
 

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from tuneops.data.ingest import ingest_jsonl, read_chat_jsonl
+from tuneops.data.formats import read_rows
+from tuneops.data.ingest import ingest_jsonl
 from tuneops.errors import InvalidInput
 from tuneops.store.schema import DatasetRecord
 
@@ -15,7 +16,7 @@ LINE = json.dumps(ROW, ensure_ascii=False) + "\n"
 
 
 def _read(path):
-    return read_chat_jsonl(path, source="test", license="CC0-1.0")
+    return read_rows(path).rows
 
 
 def _refused(path) -> InvalidInput:
@@ -36,12 +37,14 @@ def test_empty_file_is_refused(tmp_path):
     assert "is empty" in _refused(f).message
 
 
-def test_gzip_file_says_compressed_and_how_to_decompress(tmp_path):
-    f = tmp_path / "rows.jsonl.gz"
+def test_gzip_is_read_by_its_magic_bytes_and_a_truncated_one_is_refused(tmp_path):
+    f = tmp_path / "rows.data"  # no .gz extension: the magic bytes decide
     f.write_bytes(gzip.compress(LINE.encode()))
-    err = _refused(f)
-    assert "gzip-compressed" in err.message and "1f 8b" in err.message
-    assert "gunzip" in err.hint
+    assert _read(f)[0]["messages"] == ROW["messages"]
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(gzip.compress((LINE * 200).encode())[:-30])
+    err = _refused(cut)
+    assert "gzip" in err.message and "truncated" in err.message.lower()
 
 
 @pytest.mark.parametrize("encoding, expected", [
@@ -73,7 +76,7 @@ def test_lone_surrogate_names_file_line_and_field(tmp_path):
     f.write_text(LINE + '{"messages": [{"role": "user", "content": "q"}, '
                         '{"role": "assistant", "content": "broken \\ud800 escape"}]}\n')
     err = _refused(f)
-    assert f"{f}:2: messages[1].content holds a lone surrogate \\ud800" in err.message
+    assert f"{f}:2: messages[1].content: holds a lone surrogate \\ud800" in err.message
 
 
 def test_utf8_bom_is_accepted_and_stripped(tmp_path):

@@ -119,18 +119,39 @@ DS_FIELDS = ("id", "name", "num_rows", "created_at")
 
 
 @data_app.command("ingest")
-def data_ingest(path: Path, name: str = typer.Option(..., help="Dataset name (versions share it)."),
-                source: Optional[str] = typer.Option(None, help="Provenance recorded per row (default file:NAME)."),
+def data_ingest(path: Path = typer.Argument(..., help="JSONL, JSON array, CSV, Parquet (gzip of any), or a saved HF "
+                                                      "datasets directory."),
+                name: str = typer.Option(..., help="Dataset name (versions share it)."),
+                format: Optional[str] = typer.Option(None, "--format", help="chat, alpaca, prompt_completion, gsm8k, "
+                                                                            "preference or hh_rlhf (default: detected)."),
+                split: Optional[str] = typer.Option(None, help="Split of a saved DatasetDict directory."),
+                on_error: str = typer.Option("raise", help="raise: one bad row and nothing is stored; quarantine: "
+                                                           "store the good rows, set the bad ones aside with reasons."),
+                source: Optional[str] = typer.Option(None, help="Provenance recorded per row unless the row has a "
+                                                                "source column (default file:NAME)."),
                 license: Optional[str] = typer.Option(None, help="SPDX licence id recorded per row unless the row "
                                                                  "has one (e.g. MIT, CC-BY-NC-4.0); rows with none "
                                                                  "are refused unless you say --license unknown."),
+                purpose: Optional[str] = typer.Option(None, help="Purpose of use / consent scope (per row unless "
+                                                                 "the row has one)."),
+                tier: Optional[str] = typer.Option(None, help="Quality tier: gold, curated, synthetic or scraped."),
+                collected_at: Optional[str] = typer.Option(None, help="When the rows were collected (ISO date)."),
+                retention_until: Optional[str] = typer.Option(None, help="Delete-by date (ISO); a run refuses rows "
+                                                                         "past it."),
                 as_json: bool = JSON):
-    """Validate a chat JSONL file and store it as an immutable dataset version (all or nothing)."""
-    from tuneops.data.ingest import ingest_jsonl
+    """Read, validate and store a file as an immutable dataset version with per-row provenance."""
+    from tuneops.data.ingest import ingest_file
 
-    rec, created = ingest_jsonl(_store(create=True), path, name=name, source=source, license=license)
+    if on_error not in ("raise", "quarantine"):
+        raise typer.BadParameter("use raise or quarantine", param_hint="--on-error")
+    rec, created = ingest_file(_store(create=True), path, name=name, format=format, split=split, on_error=on_error,
+                               source=source, license=license, purpose=purpose, tier=tier,
+                               collected_at=collected_at, retention_until=retention_until)
     emit_one({**record_dict(rec, DS_FIELDS), "created": created, **rec.summary}, as_json=as_json,
              title="dataset version")
+    if rec.summary.get("quarantine"):
+        q = rec.summary["quarantine"]
+        say(f"quarantined {q['rows']} bad row(s) with their reasons: {q['file']}", err=True)
 
 
 @data_app.command("list")

@@ -35,7 +35,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tuneops.errors import InvalidInput
 
@@ -141,9 +141,12 @@ def iter_rows(path: str | Path, *, format: str | None = None, split: str | None 
 
 
 def read_rows(path: str | Path, *, format: str | None = None, split: str | None = None,
-              on_error: str = "raise", max_line_bytes: int = MAX_LINE_BYTES) -> ReadResult:
+              on_error: str = "raise", max_line_bytes: int = MAX_LINE_BYTES,
+              check: Callable[[dict, str], list[str]] | None = None) -> ReadResult:
     """Read every row. ``on_error="raise"``: any bad row raises InvalidInput (up to 10 problems shown) and
-    nothing is returned; ``"quarantine"``: good rows in ``rows``, bad ones in ``bad`` with their reasons."""
+    nothing is returned; ``"quarantine"``: good rows in ``rows``, bad ones in ``bad`` with their reasons.
+    ``check(row, where) -> problems`` is the caller's own validation of each well-formed row (it may
+    complete the row in place, e.g. with provenance); a row with problems counts as bad."""
     if on_error not in ("raise", "quarantine"):
         raise InvalidInput(f"on_error={on_error!r} is not allowed", hint="use 'raise' or 'quarantine'")
     path = Path(path)
@@ -152,6 +155,12 @@ def read_rows(path: str | Path, *, format: str | None = None, split: str | None 
     bad: list[tuple[str, str, list[str]]] = []
     try:
         for result in reader:
+            if result.row is not None and check is not None:
+                extra = check(result.row, result.where)
+                if extra:
+                    text = json.dumps(result.row, ensure_ascii=False)
+                    result = RowResult(where=result.where, row=None, problems=extra,
+                                       raw=text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "…")
             if result.row is not None:
                 if not bad or on_error == "quarantine":  # atomic mode: stop keeping rows once one is bad
                     rows.append(result.row)

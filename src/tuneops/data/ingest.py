@@ -1,8 +1,11 @@
-"""Ingest chat JSONL into an immutable, content-addressed dataset version.
+"""Ingest any supported file into an immutable, content-addressed dataset version.
 
-Each line: ``{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}``
-with optional per-row ``source`` and ``license`` (else the ingest defaults apply). Every
-line is validated before anything is written: one bad line and nothing is ingested.
+The file is read by :mod:`tuneops.data.formats` (chat, Alpaca, prompt/completion, preference
+pairs, hh-rlhf transcripts, GSM8K; JSONL, JSON, CSV, Parquet, gzip, HF ``datasets`` dirs) into
+canonical SFT or preference rows; every row gets its provenance — source, SPDX licence, purpose,
+collected-at, retention-until, quality tier, a hashed subject key — from its own columns or the
+ingest's defaults. Default atomic: one bad row and nothing is stored; ``on_error="quarantine"``
+stores the good rows and sets the bad ones aside with their reasons.
 """
 
 import json
@@ -10,229 +13,28 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from tuneops.data.licenses import most_restrictive, normalise_license, obligations, permitted_uses
+from tuneops.data.licenses import most_restrictive, normalise_license, obligations, parse_date, permitted_uses
 from tuneops.errors import InvalidInput
 from tuneops.store import Store
 from tuneops.store.ids import canonical_json, content_id, sha256_bytes
 from tuneops.store.schema import DatasetName, DatasetRecord, utcnow
 
-ROLES = {"system", "user", "assistant"}
-ROW_KEYS = {"messages", "source", "license", "tags"}
-MAX_ERRORS_SHOWN = 10
+CONTENT_KEYS = {"sft": ("messages",), "preference": ("prompt", "chosen", "rejected")}
+MANIFEST_FORMATS = {"sft": "tuneops.chat/v1", "preference": "tuneops.preference/v1"}
 
 
-def _validate_row(obj, where: str) -> list[str]:
-    if not isinstance(obj, dict):
-        return [f"{where}: expected a JSON object, got {type(obj).__name__}"]
-    errors = []
-    unknown = set(obj) - ROW_KEYS
-    if unknown:
-        errors.append(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(ROW_KEYS)}")
-    msgs = obj.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        return errors + [f"{where}: 'messages' must be a non-empty list of {{role, content}} objects"]
-    for j, m in enumerate(msgs):
-        if not isinstance(m, dict) or set(m) - {"role", "content"} or "role" not in m or "content" not in m:
-            errors.append(f"{where}: messages[{j}] must be an object with exactly 'role' and 'content'")
-            continue
-        if m["role"] not in ROLES:
-            errors.append(f"{where}: messages[{j}].role is {m['role']!r}; use one of {sorted(ROLES)}")
-        if not isinstance(m["content"], str) or not m["content"].strip():
-            errors.append(f"{where}: messages[{j}].content must be a non-empty string")
-    if msgs and isinstance(msgs[-1], dict) and msgs[-1].get("role") != "assistant":
-        errors.append(f"{where}: the last message must be the assistant's answer (the training target)")
-    elif not any(isinstance(m, dict) and m.get("role") == "user" for m in msgs[:-1]):
-        errors.append(f"{where}: no user message before the assistant's answer, so the row has no prompt "
-                      "(add the user turn the answer replies to)")
-    for key in ("source", "license"):
-        if key in obj and (not isinstance(obj[key], str) or not obj[key].strip()):
-            errors.append(f"{where}: '{key}' must be a non-empty string")
-    if "tags" in obj and (not isinstance(obj["tags"], list)
-                          or not all(isinstance(t, str) and t.strip() for t in obj["tags"])):
-        errors.append(f"{where}: 'tags' must be a list of non-empty strings (slices in eval reports), "
-                      f"e.g. [\"form\", \"accented\"]")
-    return errors
+def row_content(row: dict) -> object:
+    """What a row's content hash covers: the messages (SFT) or prompt/chosen/rejected (preference)."""
+    return row["messages"] if "messages" in row else {k: row[k] for k in CONTENT_KEYS["preference"]}
 
 
-# Input sniffing for read_chat_jsonl: what the first bytes of a file say it is.
-_COMPRESSED = (
-    (b"\x1f\x8b", "gzip", "gunzip -k {path}"),
-    (b"\x28\xb5\x2f\xfd", "zstd", "zstd -d {path}"),
-    (b"BZh", "bzip2", "bunzip2 -k {path}"),
-    (b"\xfd7zXZ\x00", "xz", "unxz -k {path}"),
-    (b"PK\x03\x04", "zip", "unzip {path}"),
-)
-_UTF8_BOM = b"\xef\xbb\xbf"
-_WIDE_BOMS = ((b"\x00\x00\xfe\xff", "UTF-32-BE"), (b"\xff\xfe\x00\x00", "UTF-32-LE"),
-              (b"\xfe\xff", "UTF-16-BE"), (b"\xff\xfe", "UTF-16-LE"))
-_SNIFF_BYTES = 4096
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _hex(data: bytes) -> str:
-    return " ".join(f"{b:02x}" for b in data)
-
-
-def _wide_encoding(head: bytes) -> tuple[str, str] | None:
-    """(encoding, evidence) when the first bytes say UTF-16/UTF-32: a byte-order mark, or the NUL
-    bytes that ASCII text has in those encodings; None otherwise."""
-    for bom, enc in _WIDE_BOMS:
-        if head.startswith(bom):
-            return enc, f"byte-order mark {_hex(bom)}"
-    if b"\x00" not in head or len(head) < 4:
-        return None
-    nul = [b == 0 for b in head[:4]]
-    if nul == [False, True, True, True]:
-        enc = "UTF-32-LE"
-    elif nul == [True, True, True, False]:
-        enc = "UTF-32-BE"
-    elif not nul[0] and nul[1]:
-        enc = "UTF-16-LE"
-    elif nul[0] and not nul[1]:
-        enc = "UTF-16-BE"
-    else:
-        return None
-    return enc, f"NUL bytes between its characters: first bytes {_hex(head[:4])}"
-
-
-def _check_file(path: Path) -> bool:
-    """Refuse what is not a plain UTF-8 text file, naming what it is; returns whether a UTF-8 BOM
-    (accepted) starts the file."""
-    if not path.exists():
-        raise InvalidInput(f"{path}: no such file", hint="check the path passed to `tuneops data ingest`")
-    if path.is_dir():
-        raise InvalidInput(f"{path}: is a directory, not a JSONL file",
-                           hint="pass one .jsonl file; ingest the files of a directory one at a time")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(_SNIFF_BYTES)
-    except OSError as e:
-        raise InvalidInput(f"{path}: cannot be read ({e.strerror or e})",
-                           hint="check the file's permissions") from None
-    if not head:
-        raise InvalidInput(f"{path}: the file is empty", hint="the file must hold one JSON object per line")
-    for magic, kind, command in _COMPRESSED:
-        if head.startswith(magic):
-            raise InvalidInput(
-                f"{path}: is {kind}-compressed (starts with bytes {_hex(magic)}), not a plain JSONL file",
-                hint=f"decompress it first (`{command.format(path=path)}`) and ingest the .jsonl file; "
-                     "compressed input is not supported yet")
-    wide = _wide_encoding(head)
-    if wide:
-        enc, evidence = wide
-        raise InvalidInput(
-            f"{path}: is encoded as {enc}, not UTF-8 ({evidence})",
-            hint=f"re-save it as UTF-8, e.g. `iconv -f {enc} -t UTF-8 {path} > {path.stem}.utf8{path.suffix}`")
-    if b"\x00" in head:
-        raise InvalidInput(f"{path}: contains NUL bytes (first at byte offset {head.index(0)}); it is not a "
-                           "UTF-8 text file", hint="pass a JSONL file: UTF-8 text, one JSON object per line")
-    return head.startswith(_UTF8_BOM)
-
-
-def _lone_surrogate(obj, field: str = "") -> tuple[str, str] | None:
-    """(field, escape) of the first string holding a lone UTF-16 surrogate (a JSON "\\ud800" escape
-    without its partner): Python accepts it, but it is not Unicode and cannot be stored as UTF-8."""
-    if isinstance(obj, str):
-        m = _LONE_SURROGATE.search(obj)
-        return (field or "the value", f"\\u{ord(m.group()):04x}") if m else None
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            safe_key = key.encode("utf-8", "backslashreplace").decode("utf-8")
-            sub = f"{field}.{safe_key}" if field else safe_key
-            m = _LONE_SURROGATE.search(key)
-            if m:
-                return f"{sub} (the key)", f"\\u{ord(m.group()):04x}"
-            found = _lone_surrogate(value, sub)
-            if found:
-                return found
-    if isinstance(obj, list):
-        for i, value in enumerate(obj):
-            found = _lone_surrogate(value, f"{field}[{i}]")
-            if found:
-                return found
-    return None
-
-
-def read_chat_jsonl(path: Path, *, source: str, license: str | None) -> list[dict]:
-    """Parse and validate every line; raise InvalidInput naming each bad file:line.
-
-    Accepted: UTF-8, with or without a byte-order mark, LF or CRLF line endings. Refused with a
-    message that says what the file is: a directory, an empty file, a compressed file (gzip, zstd,
-    bzip2, xz, zip), UTF-16/UTF-32 text, bytes that are not UTF-8 (e.g. Latin-1: file:line and byte
-    offset), and lone surrogates in JSON strings (file:line and the field).
-    """
-    path = Path(path)
-    has_bom = _check_file(path)
-    rows, errors = [], []
-    bad_utf8 = False
-    offset = len(_UTF8_BOM) if has_bom else 0  # byte offset of the current line in the file
-    with open(path, "rb") as f:
-        f.seek(offset)
-        for lineno, raw in enumerate(f, start=1):
-            line_start, offset = offset, offset + len(raw)
-            where = f"{path}:{lineno}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                bad_utf8 = True
-                column = len(raw[: e.start].decode("utf-8", "replace")) + 1
-                errors.append(f"{where}: not valid UTF-8: byte 0x{raw[e.start]:02x} at byte offset "
-                              f"{line_start + e.start} (column {column}); the file looks like Latin-1 or "
-                              "Windows-1252 text")
-                continue
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line.rstrip("\r\n"))
-            except json.JSONDecodeError as e:
-                errors.append(f"{where}: not valid JSON ({e.msg} at column {e.colno})")
-                continue
-            surrogate = _lone_surrogate(obj)
-            if surrogate:
-                field, escape = surrogate
-                errors.append(f"{where}: {field} holds a lone surrogate {escape} (a JSON escape without its "
-                              "pair), which is not valid Unicode; remove it or complete the pair")
-                continue
-            row_errors = _validate_row(obj, where)
-            if row_errors:
-                errors.extend(row_errors)
-                continue
-            row_license = obj.get("license", license)
-            if row_license is None:
-                errors.append(f"{where}: license: the row has none and no default was given; add --license SPDX-ID "
-                              "(e.g. --license MIT), or --license unknown to say so explicitly")
-                continue
-            try:
-                row_license = normalise_license(row_license, where=f"{where}: license")
-            except InvalidInput as e:
-                errors.append(f"{e.message} ({e.hint})")
-                continue
-            rows.append({
-                "messages": obj["messages"],
-                "source": obj.get("source", source),
-                "license": row_license,
-                **({"tags": obj["tags"]} if obj.get("tags") else {}),
-            })
-    if errors:
-        shown = "\n  ".join(errors[:MAX_ERRORS_SHOWN])
-        more = f"\n  … and {len(errors) - MAX_ERRORS_SHOWN} more" if len(errors) > MAX_ERRORS_SHOWN else ""
-        hint = "fix the lines above and ingest again"
-        if bad_utf8:
-            hint = (f"re-save the file as UTF-8 (e.g. `iconv -f WINDOWS-1252 -t UTF-8 {path} > "
-                    f"{path.stem}.utf8{path.suffix}`), then fix any other lines above and ingest again")
-        raise InvalidInput(f"{len(errors)} problem(s) in {path}; nothing was ingested:\n  {shown}{more}", hint=hint)
-    if not rows:
-        raise InvalidInput(f"{path}: no rows", hint="the file must hold at least one JSON line")
-    return rows
-
-
-def build_manifest(rows: list[dict]) -> dict:
+def build_manifest(rows: list[dict], kind: str = "sft") -> dict:
     """The manifest is what the id hashes: row content hashes + per-row provenance, in order."""
     return {
-        "format": "tuneops.chat/v1",
+        "format": MANIFEST_FORMATS[kind],
         "rows": [
-            {"sha256": sha256_bytes(canonical_json(r["messages"])), "source": r["source"], "license": r["license"],
-             **({"tags": r["tags"]} if r.get("tags") else {})}
+            {"sha256": sha256_bytes(canonical_json(row_content(r))), "source": r["source"], "license": r["license"],
+             **{k: r[k] for k in PROVENANCE_KEYS[2:] if r.get(k)}}
             for r in rows
         ],
     }
@@ -256,12 +58,13 @@ def _with_spdx(row: dict, n: int) -> dict:
     return row if spdx == row.get("license") else {**row, "license": spdx}
 
 
-def ingest_rows(store: Store, rows: list[dict], *, name: str, origin: str = "memory") -> tuple[DatasetRecord, bool]:
+def ingest_rows(store: Store, rows: list[dict], *, name: str, origin: str = "memory", kind: str = "sft",
+                quarantine: dict | None = None) -> tuple[DatasetRecord, bool]:
     """Store validated rows as a dataset version; returns (record, created). Same rows -> same id,
     whatever the name; the name is linked to the version either way (``tuneops data list``)."""
     check_dataset_name(name)
     rows = [_with_spdx(r, i) for i, r in enumerate(rows, start=1)]
-    manifest = build_manifest(rows)
+    manifest = build_manifest(rows, kind)
     manifest_bytes = canonical_json(manifest)
     ds_id = content_id("ds", sha256_bytes(manifest_bytes))
     with store.session(write=False) as s:
@@ -280,10 +83,24 @@ def ingest_rows(store: Store, rows: list[dict], *, name: str, origin: str = "mem
             "license": most_restrictive(r["license"] for r in rows),
             "permitted_uses": sorted(permitted_uses({r["license"] for r in rows})),
             "obligations": obligations({r["license"] for r in rows}),
-            "turns": dict(Counter(str(len(r["messages"])) for r in rows)),
-            "has_system_prompt": sum(1 for r in rows if r["messages"][0]["role"] == "system"),
             "duplicate_rows": len(rows) - len({m["sha256"] for m in manifest["rows"]}),
         }
+        if kind == "sft":
+            summary["turns"] = dict(Counter(str(len(r["messages"])) for r in rows))
+            summary["has_system_prompt"] = sum(1 for r in rows if r["messages"][0]["role"] == "system")
+        else:
+            summary["kind"] = kind
+        for key in ("tier", "purpose"):
+            counts = Counter(r[key] for r in rows if r.get(key))
+            if counts:
+                summary[f"{key}s"] = dict(counts)
+        if any(r.get("subject") for r in rows):
+            summary["rows_with_subject"] = sum(1 for r in rows if r.get("subject"))
+        retention = sorted(r["retention_until"] for r in rows if r.get("retention_until"))
+        if retention:
+            summary["retention_until_min"] = retention[0]
+        if quarantine:
+            summary["quarantine"] = quarantine
         rec = DatasetRecord(id=ds_id, name=name, manifest_blob=manifest_blob, rows_blob=rows_blob,
                             num_rows=len(rows), summary=summary)
         existing, created = store.insert_once(rec, on_create=lambda s: store.audit(
@@ -302,14 +119,110 @@ def link_dataset_name(store: Store, name: str, ds_id: str) -> bool:
     return created
 
 
+TIERS = ("gold", "curated", "synthetic", "scraped")
+PROVENANCE_KEYS = ("source", "license", "purpose", "collected_at", "retention_until", "tier", "subject", "tags")
+
+
+def subject_key_hash(key: str) -> str:
+    """What the ledger stores for a subject key: a hash, so the manifest never names the person;
+    ``tuneops data erase --subject KEY`` hashes KEY the same way to find their rows."""
+    return "subj-" + sha256_bytes(f"tuneops-subject:{key}".encode())[:24]
+
+
+def _provenance(meta: dict, defaults: dict, where: str, errors: list[str]) -> dict | None:
+    """A row's provenance: its own columns win over the file-level defaults; checked and normalised."""
+    merged = {k: v for k, v in defaults.items() if v not in (None, "")}
+    merged.update({k: v for k, v in meta.items() if v not in (None, "")})
+    out: dict = {}
+    lic = merged.get("license")
+    if lic is None:
+        errors.append("license: the row has none and no default was given; add --license SPDX-ID "
+                      "(e.g. --license MIT), or --license unknown to say so explicitly")
+        return None
+    try:
+        out["license"] = normalise_license(lic, where="license")
+        for key in ("collected_at", "retention_until"):
+            if key in merged:
+                out[key] = parse_date(merged[key], key).isoformat()
+    except InvalidInput as e:
+        errors.append(f"{e.message} ({e.hint})" if e.hint else e.message)
+        return None
+    out["source"] = str(merged.get("source"))
+    if "purpose" in merged:
+        out["purpose"] = str(merged["purpose"])
+    if "tier" in merged:
+        if merged["tier"] not in TIERS:
+            errors.append(f"tier: {merged['tier']!r} is not one of {', '.join(TIERS)}")
+            return None
+        out["tier"] = merged["tier"]
+    if "subject" in merged:
+        out["subject"] = subject_key_hash(str(merged["subject"]))
+    tags = merged.get("tags")
+    if isinstance(tags, str):
+        try:
+            tags = json.loads(tags) if tags.startswith("[") else [t.strip() for t in tags.split(",") if t.strip()]
+        except ValueError:
+            tags = None
+    if tags is not None:
+        if not isinstance(tags, list) or not all(isinstance(t, str) and t.strip() for t in tags):
+            errors.append("'tags' must be a list of non-empty strings (slices in eval reports), "
+                          "e.g. [\"form\", \"accented\"]")
+            return None
+        if tags:
+            out["tags"] = tags
+    return out
+
+
+def ingest_file(store: Store, path: Path, *, name: str, format: str | None = None, split: str | None = None,
+                on_error: str = "raise", source: str | None = None, license: str | None = None,
+                purpose: str | None = None, tier: str | None = None, collected_at: str | None = None,
+                retention_until: str | None = None) -> tuple[DatasetRecord, bool]:
+    """Read any supported file (see tuneops.data.formats), attach provenance to every row and store
+    it as a dataset version. Default atomic: one bad row, nothing stored. ``on_error="quarantine"``
+    stores the good rows and writes the bad ones with their reasons to a quarantine file recorded
+    in the version's summary."""
+    from tuneops.data.formats import read_rows
+
+    check_dataset_name(name)
+    path = Path(path)
+    if tier is not None and tier not in TIERS:
+        raise InvalidInput(f"--tier {tier!r} is not one of {', '.join(TIERS)}")
+    defaults = {"source": source or f"file:{path.name}", "license": license, "purpose": purpose, "tier": tier,
+                "collected_at": collected_at, "retention_until": retention_until}
+
+    def with_provenance(row: dict, where: str) -> list[str]:
+        errors = [f"{key}[{j}].content: empty; an empty reply teaches the model to say nothing (drop the row, "
+                  "or --on-error quarantine to set it aside)"
+                  for key in ("messages", "chosen", "rejected") for j, m in enumerate(row.get(key) or [])
+                  if m.get("role") == "assistant" and not m.get("tool_calls") and not str(m.get("content", "")).strip()]
+        if errors:
+            return errors
+        prov = _provenance(row.pop("meta", None) or {}, defaults, where, errors)
+        if prov is not None:
+            row.update(prov)
+        return errors
+
+    result = read_rows(path, format=format, split=split, on_error=on_error, check=with_provenance)
+    quarantine = None
+    if result.bad:
+        lines = b"".join(canonical_json({"where": w, "problems": ps, "excerpt": raw}) + b"\n"
+                         for w, raw, ps in result.bad)
+        qblob = store.blobs.put_bytes(lines)
+        qfile = store.home / "quarantine" / f"{name}-{qblob[:12]}.jsonl"
+        qfile.parent.mkdir(parents=True, exist_ok=True)
+        qfile.write_bytes(lines)
+        quarantine = {"rows": len(result.bad), "file": str(qfile), "blob": qblob}
+    return ingest_rows(store, result.rows, name=name, origin=str(path), kind=result.kind, quarantine=quarantine)
+
+
 def ingest_jsonl(store: Store, path: Path, *, name: str, source: str | None = None,
                  license: str | None = None) -> tuple[DatasetRecord, bool]:
-    rows = read_chat_jsonl(path, source=source or f"file:{Path(path).name}", license=license)
-    return ingest_rows(store, rows, name=name, origin=str(path))
+    return ingest_file(store, path, name=name, source=source, license=license)
 
 
 def load_rows(store: Store, dataset: DatasetRecord) -> list[dict]:
-    return [json.loads(line) for line in store.blobs.get_bytes(dataset.rows_blob).decode().splitlines() if line]
+    # split on b"\n" only: str.splitlines() also breaks at U+2028, U+0085, \x1c…, which JSON keeps raw
+    return [json.loads(line) for line in store.blobs.get_bytes(dataset.rows_blob).split(b"\n") if line.strip()]
 
 
 def load_manifest(store: Store, dataset: DatasetRecord) -> dict:

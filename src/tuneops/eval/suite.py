@@ -294,7 +294,8 @@ def read_jsonl_items(path: Path) -> list[dict]:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise InvalidInput(f"{path}: not UTF-8 (byte {e.start})", hint="re-save it as UTF-8") from None
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 is not a line break
+        line = line.rstrip("\r")
         if not line.strip():
             continue
         try:

@@ -23,6 +23,18 @@ class _Strict(BaseModel):
 class DataSpec(_Strict):
     train: str = Field(description="Training dataset: a `ds-…` id or a dataset name (newest version).")
     eval: str = Field(description="Held-out eval dataset (id or name); must not share rows with train.")
+    use: Literal["commercial", "internal", "research"] = Field(
+        "commercial", description="Intended use of the model. Every training row's licence must permit it and no "
+                                  "row may be past its retention date, or the run is refused before training "
+                                  "(e.g. CC-BY-NC-4.0 rows permit research only).")
+
+    @model_serializer(mode="wrap")
+    def _omit_default_use(self, handler):
+        # A recipe that does not state its use saves and hashes exactly as before the field existed.
+        data = handler(self)
+        if isinstance(data, dict) and self.use == "commercial":
+            data.pop("use", None)
+        return data
 
 
 class LoraSpec(_Strict):

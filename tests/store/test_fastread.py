@@ -81,7 +81,8 @@ def filled(store, tmp_path):
         arts.append(art.id)
         with store.session() as s:
             s.add(EvalReportRecord(id=f"ev-{i}", artifact_id=art.id, baseline="base-0001", suites=["s"],
-                                   metrics={}, gates=[], passed=i != 1, report_blob="x"))
+                                   metrics={}, passed=i != 1, report_blob="x",
+                                   gates=[{"gate": "g", "candidate": 1, "threshold": 0.5, "passed": i != 1, "task": True}]))
     promote(store, arts[0], "bot@production")
     promote(store, arts[0], "bot@staging")
     promote(store, arts[2], "alpha@production", force=True, reason="no run vouches for it: test")

@@ -181,6 +181,38 @@ def data_show(ref: str, rows: int = typer.Option(3, help="Rows to print."), as_j
     emit_one(out, as_json=as_json, title=f"dataset {rec.id}")
 
 
+@data_app.command("erase")
+def data_erase(subject: Optional[str] = typer.Option(None, help="Subject key whose rows to erase (matched by hash)."),
+               source: Optional[str] = typer.Option(None, help="Source whose rows to erase."),
+               reason: Optional[str] = typer.Option(None, help="Why (logged), e.g. a ticket id."),
+               as_json: bool = JSON):
+    """Erase a subject's or a source's rows from every dataset version; taint what was trained on them."""
+    from tuneops.data.erasure import erase, impact
+
+    store = _store()
+    er = erase(store, subject=subject, source=source, reason=reason)
+    tainted = [i for i in impact(store) if i["erasure"] == er.id]
+    out = {"erasure": er.id, "selector": er.selector, "reason": er.reason,
+           "datasets": [{"erased": k, "clean_version": v["replacement"], "rows_removed": v["rows_removed"]}
+                        for k, v in er.datasets.items()],
+           "tainted_artifacts": [t["artifact"] for t in tainted]}
+    if as_json:
+        print_json(out)
+        return
+    emit(out["datasets"], as_json=False, title=f"erasure {er.id}")
+    if tainted:
+        say(("tainted: ", "yellow"), ", ".join(out["tainted_artifacts"]), " — see `tuneops data impact`")
+
+
+@data_app.command("impact")
+def data_impact(as_json: bool = JSON):
+    """Artifacts trained on erased rows, the aliases still pointing at them, and how to retrain."""
+    from tuneops.data.erasure import impact
+
+    rows = impact(_store())
+    emit(rows, as_json=as_json, title="tainted artifacts (cannot be promoted)")
+
+
 # -- train / runs --------------------------------------------------------------------------
 def _print_outcome(outcome, as_json: bool):
     if as_json:
@@ -469,6 +501,9 @@ def registry_show(ref: str, as_json: bool = JSON):
     out = {**record_dict(art, ART_FIELDS), "lineage": {k: v for k, v in art.lineage.items() if k != "files"},
            "files": art.lineage.get("files"), "integrity_ok": not problems, "integrity_problems": problems,
            "latest_eval": report.id if report else None, "gates_passed": report.passed if report else None}
+    from tuneops.data.erasure import taints_of
+
+    out["tainted_by"] = [f"{t.erasure_id} (erased rows of {t.dataset_id})" for t in taints_of(store, art.id)] or None
     emit_one(out, as_json=as_json, title=f"artifact {art.id}")
     if problems:  # shown above; the exit code says it too, so scripts cannot miss it
         from tuneops.release.registry import artifact_dir

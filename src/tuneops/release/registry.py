@@ -19,7 +19,7 @@ import tuneops
 from tuneops.errors import GateFailed, InvalidInput, NotFound, StateError
 from tuneops.store import Store
 from tuneops.store.ids import content_id
-from tuneops.store.schema import AliasMove, AliasRecord, ArtifactRecord, EvalReportRecord, RunRecord, utcnow
+from tuneops.store.schema import AliasMove, AliasRecord, ArtifactRecord, EvalReportRecord, RunRecord, TaintRecord, utcnow
 from tuneops.store.store import default_actor
 
 ALIAS_RE = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._-]{0,99})(?:@(?P<stage>[a-z0-9][a-z0-9_-]{0,63}))?$")
@@ -149,6 +149,12 @@ def check_promotable(store: Store, artifact: ArtifactRecord) -> EvalReportRecord
                          + (f"is {run_state}" if run_state else "is not in this store")
                          + "; only artifacts of succeeded runs are promoted",
                          hint="re-run the recipe, or pass --force --reason '…' (logged)")
+    with store.session(write=False) as s:
+        taints = s.scalars(select(TaintRecord).where(TaintRecord.artifact_id == artifact.id)).all()
+        if taints:
+            raise GateFailed(f"{artifact.id} is tainted: it was trained on {taints[0].dataset_id}, whose rows were "
+                             f"erased ({taints[0].erasure_id}); it cannot be promoted",
+                             hint="retrain on the clean version (`tuneops data impact` says how)")
     report = latest_eval(store, artifact.id, gated=True)
     if report is None:
         raise GateFailed(f"{artifact.id} has no eval report that judged gates, so it cannot be promoted",

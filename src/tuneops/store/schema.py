@@ -139,6 +139,28 @@ class AliasMove(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class ErasureRecord(Base):
+    """One erasure: which rows (a hashed subject key or a source) were removed from which dataset
+    versions, and the clean versions that replace them."""
+
+    __tablename__ = "erasures"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    selector: Mapped[dict] = mapped_column(JSON)  # {"subject": "subj-…"} or {"source": "crm"}
+    datasets: Mapped[dict] = mapped_column(JSON)  # {old ds id: {"replacement": new ds id, "rows_removed": n}}
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TaintRecord(Base):
+    """An artifact trained on rows that were later erased: it cannot be promoted."""
+
+    __tablename__ = "taints"
+    artifact_id: Mapped[str] = mapped_column(ForeignKey("artifacts.id"), primary_key=True)
+    erasure_id: Mapped[str] = mapped_column(ForeignKey("erasures.id"), primary_key=True)
+    dataset_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class AuditEvent(Base):
     """The append-only audit log: who did what, when, to which record."""
 

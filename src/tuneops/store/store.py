@@ -28,6 +28,7 @@ from tuneops.store.schema import (
     BaseModelRecord,
     DatasetName,
     DatasetRecord,
+    ErasureRecord,
     EvalReportRecord,
     RunEvent,
     RunRecord,
@@ -271,6 +272,12 @@ class Store:
             if rec is None:
                 raise NotFound(f"dataset {ref!r} not found in {self.home}",
                                hint="ingest it with `tuneops data ingest FILE --name NAME`, list with `tuneops data list`")
+            for er in s.scalars(select(ErasureRecord)):
+                if rec.id in er.datasets:  # every use of a dataset resolves it here: an erased version stops here
+                    clean = er.datasets[rec.id].get("replacement")
+                    raise StateError(f"dataset {rec.id} had rows erased ({er.id}); it can no longer be used",
+                                     hint=f"use its clean version {clean}" if clean else
+                                     "every row was erased; ingest new data")
             s.expunge(rec)
             return rec
 

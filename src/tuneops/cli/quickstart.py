@@ -69,7 +69,7 @@ def run_quickstart(store: Store, *, rows: int, eval_rows: int, epochs: float, re
     recipe_path.write_text(recipe.to_yaml())
     phases["data"] = time.perf_counter() - t0
     say(f"data {train_ds.id} ({train_ds.num_rows} train rows) · {eval_ds.id} ({eval_ds.num_rows} held-out rows,"
-        f" unseen templates) · recipe {recipe_path}", err=err)
+        f" unseen templates, names and cities) · recipe {recipe_path}", err=err)
 
     with progress() as p:
         outcome = run_recipe(store, recipe, progress=p)
@@ -77,6 +77,7 @@ def run_quickstart(store: Store, *, rows: int, eval_rows: int, epochs: float, re
     total = time.perf_counter() - t_start
 
     metrics = outcome.report.metrics
+    full = load_full_report(store, outcome.report)
     alias = "quickstart@production"
     summary = {
         "total_s": round(total, 1),
@@ -88,7 +89,10 @@ def run_quickstart(store: Store, *, rows: int, eval_rows: int, epochs: float, re
         "artifact_id": outcome.artifact.id,
         "eval_report": outcome.report.id,
         "recipe_train": recipe.train.model_dump(mode="json"),  # which settings produced these figures
-        "eval_items": {s["name"]: s["items"] for s in load_full_report(store, outcome.report)["suites"]},
+        "eval_items": {s["name"]: s["items"] for s in full["suites"]},
+        # per slice of the held-out set (template family, accented, multi-word, age in words), worst first
+        "tuned_exact_match_by_slice": {r["tag"]: {"base": r["base"], "candidate": r["candidate"], "n": r["n"]}
+                                       for r in full["slices"].get("json_extraction.exact_match", [])},
         "base_exact_match": metrics["json_extraction.exact_match"]["base"],
         "tuned_exact_match": metrics["json_extraction.exact_match"]["candidate"],
         "base_forgetting_accuracy": metrics["forgetting.accuracy"]["base"],

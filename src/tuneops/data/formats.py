@@ -174,8 +174,8 @@ def read_rows(path: str | Path, *, format: str | None = None, split: str | None 
         more = f"\n  … and {len(problems) - MAX_PROBLEMS_SHOWN} more" if len(problems) > MAX_PROBLEMS_SHOWN else ""
         if on_error == "raise":
             head = f"{len(bad)} bad row(s) in {path}; nothing was read:"
-            hint = ("fix the rows above and read the file again, or use on_error='quarantine' to keep the good "
-                    "rows and set the bad ones aside with their reasons")
+            hint = ("fix the rows above and try again, or quarantine them (`--on-error quarantine`): the good rows "
+                    "are kept and the bad ones set aside with their reasons")
         else:
             head = f"none of the {len(bad)} row(s) in {path} could be read:"
             hint = "fix the rows above; quarantine keeps the good rows, and there are none"

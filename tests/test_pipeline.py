@@ -136,3 +136,27 @@ def test_licences_and_retention_gate_the_run_before_training(tiny_env):
     ingest_rows(store, rows, name="expired-train")
     expired = tiny_recipe(base.id, data={"train": "expired-train", "eval": "tiny-eval", "use": "research"})
     _refused_before_training(store, expired, r"past retention \(until 2020-01-01\)")
+
+
+def test_training_rows_that_leak_an_eval_suite_are_refused_unless_waived(tiny_env):
+    """A training row holding a forgetting-suite question verbatim (13-word passage or near-duplicate)."""
+    from tuneops.data.bundled import json_extraction_rows
+    from tuneops.data.ingest import ingest_rows
+    from tuneops.pipeline import validate_inputs
+
+    store, base = tiny_env
+    rows, _ = json_extraction_rows(12, 0, seed=1)
+    q = "Maria has twice as many apples as Tom. Tom has 4 apples. How many apples does Maria have?"
+    rows.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "8"}],
+                 "source": "scraped-quiz", "license": "MIT"})
+    ingest_rows(store, rows, name="leaky-train")
+    suites = [{"use": "forgetting", "per_tag": 40}]
+    recipe = tiny_recipe(base.id, data={"train": "leaky-train", "eval": "tiny-eval"},
+                         eval={"suites": ["json_extraction", *suites], "max_new_tokens": 6})
+    with pytest.raises(InvalidInput, match=r"data.train: 1 training row\(s\) of ds-\w+ leak eval items: "
+                                           r"forgetting item \d+ ~ train row 13"):
+        validate_inputs(store, recipe)
+    waived = tiny_recipe(base.id, data={"train": "leaky-train", "eval": "tiny-eval",
+                                        "waive_leakage": "the quiz set is licensed for both"},
+                         eval={"suites": ["json_extraction", *suites], "max_new_tokens": 6})
+    validate_inputs(store, waived)

@@ -112,7 +112,35 @@ def validate_inputs(store: Store, recipe: Recipe):
                            f"{train_ds.id}; the eval would reward memorisation",
                            hint="remove the overlap and ingest the eval set again")
     suites = check_eval_plan(store, recipe)
+    check_leakage(store, recipe, train_ds, suites)
     return base, train_ds, eval_ds, suites
+
+
+def check_leakage(store: Store, recipe: Recipe, train_ds, suites: list[Suite]) -> list[dict]:
+    """Decontamination before training: a training row sharing a 13-word passage with (or nearly
+    duplicating) an item of any suite the recipe evaluates — its own eval set included — inflates
+    that suite's score. Refused unless ``data.waive_leakage`` gives a reason. System prompts are left
+    out: an instruction every row shares is not leakage."""
+    from tuneops.data.dedup import find_leakage
+
+    train_rows = load_rows(store, train_ds)
+    found = []
+    for suite in suites:
+        if suite.name == "memorisation":  # built from the training rows on purpose
+            continue
+        texts = [" ".join(m["content"] for m in suite.chat(i) if m["role"] != "system")
+                 for i in range(len(suite.items))]
+        for leak in find_leakage(train_rows, texts, roles=("user", "assistant")):
+            found.append({"suite": suite.name, "train_row": leak.train_index + 1, "item": leak.eval_index + 1,
+                          "kind": leak.kind, "evidence": leak.evidence[:80]})
+    if found and not recipe.data.waive_leakage:
+        shown = "; ".join(f"{f['suite']} item {f['item']} ~ train row {f['train_row']} ({f['kind']}: "
+                          f"{f['evidence']!r})" for f in found[:5])
+        raise InvalidInput(f"{recipe.source}: data.train: {len(found)} training row(s) of {train_ds.id} leak eval "
+                           f"items: {shown}" + (" …" if len(found) > 5 else ""),
+                           hint="drop those rows from the training data, or set data.waive_leakage: '<reason>' "
+                                "to train anyway (recorded with the run)")
+    return found
 
 
 NO_EVAL_DATA = "-"  # an eval-only plan with no eval set: suites over `$eval` are refused by name

@@ -28,12 +28,19 @@ class DataSpec(_Strict):
                                   "row may be past its retention date, or the run is refused before training "
                                   "(e.g. CC-BY-NC-4.0 rows permit research only).")
 
+    waive_leakage: str | None = Field(
+        None, min_length=1, description="Train although training rows share 13-word passages (or near-duplicates) "
+                                        "with the eval set or an eval suite; the reason is recorded with the run.")
+
     @model_serializer(mode="wrap")
-    def _omit_default_use(self, handler):
-        # A recipe that does not state its use saves and hashes exactly as before the field existed.
+    def _omit_defaults(self, handler):
+        # A recipe that states neither saves and hashes exactly as before the fields existed.
         data = handler(self)
-        if isinstance(data, dict) and self.use == "commercial":
-            data.pop("use", None)
+        if isinstance(data, dict):
+            if self.use == "commercial":
+                data.pop("use", None)
+            if self.waive_leakage is None:
+                data.pop("waive_leakage", None)
         return data
 
 

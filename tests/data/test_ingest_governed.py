@@ -77,3 +77,23 @@ def test_bad_provenance_names_the_row_and_field_and_stores_nothing(sqlite_store,
     assert sqlite_store.all(DatasetRecord) == []
     ds, _ = ingest_file(sqlite_store, f, name="x", license="MIT", on_error="quarantine")
     assert ds.num_rows == 1 and ds.summary["quarantine"]["rows"] == 3
+
+
+def test_ingest_scrubs_pii_and_drops_duplicates(sqlite_store, tmp_path):
+    f = tmp_path / "support.jsonl"
+    rows = [{"messages": [{"role": "user", "content": "My card is 4111 1111 1111 1111, mail me at ana@example.com"},
+                          {"role": "assistant", "content": "Thanks, noted."}]},
+            {"messages": [{"role": "user", "content": "Reset my password please"},
+                          {"role": "assistant", "content": "Done."}]},
+            {"messages": [{"role": "user", "content": "reset   my PASSWORD please"},
+                          {"role": "assistant", "content": "done."}]}]
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    ds, _ = ingest_file(sqlite_store, f, name="support", license="MIT")
+    stored = json.dumps(load_rows(sqlite_store, ds))
+    assert "4111" not in stored and "ana@example.com" not in stored and "<CREDIT_CARD>" in stored
+    assert ds.summary["pii"] == {"policy": "redact", "found": {"CREDIT_CARD": 1, "EMAIL": 1}}
+    assert ds.num_rows == 2 and ds.summary["deduplicated"] == {"mode": "exact", "removed": {"exact": 1}}
+    with pytest.raises(InvalidInput, match=r"support.jsonl:1: PII: holds CREDIT_CARD, EMAIL and --pii block"):
+        ingest_file(sqlite_store, f, name="support2", license="MIT", pii="block")
+    kept, _ = ingest_file(sqlite_store, f, name="support3", license="MIT", pii="allow", dedupe="off")
+    assert kept.num_rows == 3 and "4111 1111 1111 1111" in json.dumps(load_rows(sqlite_store, kept))

@@ -138,6 +138,10 @@ def data_ingest(path: Path = typer.Argument(..., help="JSONL, JSON array, CSV, P
                 collected_at: Optional[str] = typer.Option(None, help="When the rows were collected (ISO date)."),
                 retention_until: Optional[str] = typer.Option(None, help="Delete-by date (ISO); a run refuses rows "
                                                                          "past it."),
+                pii: str = typer.Option("redact", help="PII and secrets: redact (placeholders), block (such rows "
+                                                       "are bad rows) or allow (counted only)."),
+                dedupe: str = typer.Option("exact", help="exact (normalised text), near (also MinHash "
+                                                         "near-duplicates, Jaccard >= 0.6) or off."),
                 as_json: bool = JSON):
     """Read, validate and store a file as an immutable dataset version with per-row provenance."""
     from tuneops.data.ingest import ingest_file
@@ -146,7 +150,7 @@ def data_ingest(path: Path = typer.Argument(..., help="JSONL, JSON array, CSV, P
         raise typer.BadParameter("use raise or quarantine", param_hint="--on-error")
     rec, created = ingest_file(_store(create=True), path, name=name, format=format, split=split, on_error=on_error,
                                source=source, license=license, purpose=purpose, tier=tier,
-                               collected_at=collected_at, retention_until=retention_until)
+                               collected_at=collected_at, retention_until=retention_until, pii=pii, dedupe=dedupe)
     emit_one({**record_dict(rec, DS_FIELDS), "created": created, **rec.summary}, as_json=as_json,
              title="dataset version")
     if rec.summary.get("quarantine"):

@@ -59,7 +59,7 @@ def _with_spdx(row: dict, n: int) -> dict:
 
 
 def ingest_rows(store: Store, rows: list[dict], *, name: str, origin: str = "memory", kind: str = "sft",
-                quarantine: dict | None = None) -> tuple[DatasetRecord, bool]:
+                quarantine: dict | None = None, extra: dict | None = None) -> tuple[DatasetRecord, bool]:
     """Store validated rows as a dataset version; returns (record, created). Same rows -> same id,
     whatever the name; the name is linked to the version either way (``tuneops data list``)."""
     check_dataset_name(name)
@@ -101,6 +101,7 @@ def ingest_rows(store: Store, rows: list[dict], *, name: str, origin: str = "mem
             summary["retention_until_min"] = retention[0]
         if quarantine:
             summary["quarantine"] = quarantine
+        summary.update(extra or {})
         rec = DatasetRecord(id=ds_id, name=name, manifest_blob=manifest_blob, rows_blob=rows_blob,
                             num_rows=len(rows), summary=summary)
         existing, created = store.insert_once(rec, on_create=lambda s: store.audit(
@@ -176,12 +177,25 @@ def _provenance(meta: dict, defaults: dict, where: str, errors: list[str]) -> di
 def ingest_file(store: Store, path: Path, *, name: str, format: str | None = None, split: str | None = None,
                 on_error: str = "raise", source: str | None = None, license: str | None = None,
                 purpose: str | None = None, tier: str | None = None, collected_at: str | None = None,
-                retention_until: str | None = None) -> tuple[DatasetRecord, bool]:
-    """Read any supported file (see tuneops.data.formats), attach provenance to every row and store
-    it as a dataset version. Default atomic: one bad row, nothing stored. ``on_error="quarantine"``
-    stores the good rows and writes the bad ones with their reasons to a quarantine file recorded
-    in the version's summary."""
+                retention_until: str | None = None, pii: str = "redact",
+                dedupe: str = "exact") -> tuple[DatasetRecord, bool]:
+    """Read any supported file (see tuneops.data.formats), attach provenance to every row, scrub PII
+    and secrets, drop duplicates, and store it as a dataset version. Default atomic: one bad row,
+    nothing stored. ``on_error="quarantine"`` stores the good rows and writes the bad ones with their
+    reasons to a quarantine file recorded in the version's summary.
+
+    ``pii``: ``redact`` (default: every finding replaced by a ``<TYPE>`` placeholder), ``block`` (a row
+    holding any finding is bad) or ``allow`` (counted only). ``dedupe``: ``exact`` (default:
+    normalised-text duplicates), ``near`` (also MinHash near-duplicates, Jaccard ≥ 0.6 on word
+    5-grams) or ``off``. Counts by type and kind go in the summary; no original value is stored."""
     from tuneops.data.formats import read_rows
+    from tuneops.data.pii import apply_policy
+
+    if pii not in ("redact", "block", "allow"):
+        raise InvalidInput(f"--pii {pii!r} is not one of redact, block, allow")
+    if dedupe not in ("exact", "near", "off"):
+        raise InvalidInput(f"--dedupe {dedupe!r} is not one of exact, near, off")
+    pii_counts: dict[str, int] = {}
 
     check_dataset_name(name)
     path = Path(path)
@@ -198,11 +212,29 @@ def ingest_file(store: Store, path: Path, *, name: str, format: str | None = Non
         if errors:
             return errors
         prov = _provenance(row.pop("meta", None) or {}, defaults, where, errors)
-        if prov is not None:
-            row.update(prov)
+        if prov is None:
+            return errors
+        scrubbed = apply_policy(row, {"*": pii})
+        if scrubbed.row is None:
+            return [f"PII: holds {', '.join(scrubbed.blocked_types)} and --pii block is set; redact it "
+                    "(--pii redact) or remove the row"]
+        for kind, n in scrubbed.counts.items():
+            pii_counts[kind] = pii_counts.get(kind, 0) + n
+        if pii == "redact" and scrubbed.counts:
+            row.clear()
+            row.update(scrubbed.row)
+        row.update(prov)
         return errors
 
     result = read_rows(path, format=format, split=split, on_error=on_error, check=with_provenance)
+    rows, removed = result.rows, {}
+    if dedupe != "off" and rows:
+        from tuneops.data.dedup import dedup
+
+        found = dedup([{k: r[k] for k in CONTENT_KEYS[result.kind]} for r in rows], near=dedupe == "near",
+                      roles=("user", "assistant", "tool"))
+        rows = [rows[i] for i in found.kept]
+        removed = {k: v for k, v in found.counts.items() if v}
     quarantine = None
     if result.bad:
         lines = b"".join(canonical_json({"where": w, "problems": ps, "excerpt": raw}) + b"\n"
@@ -212,7 +244,9 @@ def ingest_file(store: Store, path: Path, *, name: str, format: str | None = Non
         qfile.parent.mkdir(parents=True, exist_ok=True)
         qfile.write_bytes(lines)
         quarantine = {"rows": len(result.bad), "file": str(qfile), "blob": qblob}
-    return ingest_rows(store, result.rows, name=name, origin=str(path), kind=result.kind, quarantine=quarantine)
+    return ingest_rows(store, rows, name=name, origin=str(path), kind=result.kind, quarantine=quarantine,
+                       extra={"pii": {"policy": pii, "found": dict(sorted(pii_counts.items()))},
+                              "deduplicated": {"mode": dedupe, "removed": removed}})
 
 
 def ingest_jsonl(store: Store, path: Path, *, name: str, source: str | None = None,

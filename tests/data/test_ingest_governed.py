@@ -97,3 +97,26 @@ def test_ingest_scrubs_pii_and_drops_duplicates(sqlite_store, tmp_path):
         ingest_file(sqlite_store, f, name="support2", license="MIT", pii="block")
     kept, _ = ingest_file(sqlite_store, f, name="support3", license="MIT", pii="allow", dedupe="off")
     assert kept.num_rows == 3 and "4111 1111 1111 1111" in json.dumps(load_rows(sqlite_store, kept))
+
+
+def test_data_card_shows_sources_licences_pii_duplicates_and_lengths(sqlite_store, tmp_path):
+    from tuneops.data.card import card_data, write_card
+
+    f = tmp_path / "support.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"Order {i}: mail me at a{i}@example.com"},
+                          {"role": "assistant", "content": "Sure, " + "word " * i}],
+             "license": "CC-BY-NC-4.0" if i == 0 else "MIT", "source": "forum" if i == 0 else "crm",
+             "tier": "gold"} for i in range(5)]
+    rows.append(rows[1])
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    ds, _ = ingest_file(sqlite_store, f, name="support")
+    data = card_data(sqlite_store, ds)
+    assert data["sources"] == {"crm": 4, "forum": 1} and data["licenses"] == {"MIT": 4, "CC-BY-NC-4.0": 1}
+    assert data["license"] == "CC-BY-NC-4.0" and data["permitted_uses"] == ["research"]
+    assert data["pii"]["found"] == {"EMAIL": 6} and data["deduplicated"]["removed"] == {"exact": 1}
+    assert data["lengths"]["response_words"]["max"] == 5 and data["tiers"] == {"gold": 5}
+    md = write_card(sqlite_store, ds, tmp_path / "card", "md").read_text()
+    assert "| CC-BY-NC-4.0 | 1 | research |" in md and "| EMAIL | 6 |" in md and "![lengths](lengths.png)" in md
+    page = write_card(sqlite_store, ds, tmp_path / "card", "html").read_text()
+    assert "<td>forum</td>" in page and (tmp_path / "card" / "lengths.png").stat().st_size > 1000
+    assert "a1@example.com" not in md + page  # redacted at ingest, so never on the card

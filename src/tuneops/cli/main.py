@@ -185,6 +185,25 @@ def data_show(ref: str, rows: int = typer.Option(3, help="Rows to print."), as_j
     emit_one(out, as_json=as_json, title=f"dataset {rec.id}")
 
 
+@data_app.command("card")
+def data_card(ref: str, fmt: str = typer.Option("md", "--format", help="md or html."),
+              out: Optional[Path] = typer.Option(None, help="Folder (default: <store>/cards/DATASET_ID/)."),
+              as_json: bool = JSON):
+    """Write a dataset version's data card (sources, licences, tiers, PII, duplicates, lengths, plots)."""
+    from tuneops.data.card import card_data, write_card
+    from tuneops.errors import InvalidInput
+
+    if fmt not in ("md", "html"):
+        raise InvalidInput(f"--format {fmt!r}: choose md or html")
+    store = _store()
+    rec = store.resolve_dataset(ref)
+    path = write_card(store, rec, out or store.home / "cards" / rec.id, fmt)
+    if as_json:
+        print_json({k: v for k, v in card_data(store, rec).items() if not k.startswith("_")} | {"card": str(path)})
+        return
+    say(f"wrote {path}")
+
+
 @data_app.command("erase")
 def data_erase(subject: Optional[str] = typer.Option(None, help="Subject key whose rows to erase (matched by hash)."),
                source: Optional[str] = typer.Option(None, help="Source whose rows to erase."),

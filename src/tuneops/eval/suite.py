@@ -25,7 +25,7 @@ import random
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -534,7 +534,7 @@ def _check_items(suite: Suite, item_source: str, lines: dict[tuple, int]) -> Non
             if lacking:
                 raise InvalidInput(f"{item_source}:{it.get('_line', '?')}: the item has no field(s) {lacking} that "
                                    f"prompt.template of {suite.source} fills",
-                                   hint=f"add the field(s) to every item or change the template")
+                                   hint="add the field(s) to every item or change the template")
     else:
         for it in suite.items:
             chat = it.get("chat")

@@ -149,7 +149,9 @@ def test_cli_runs_the_task_and_prints_the_report_id(env, monkeypatch, capsys):
 
     store, _, art, _ = env
     monkeypatch.setenv("TUNEOPS_HOME", str(store.home))
-    monkeypatch.setenv("COLUMNS", "200")
+    from tuneops.cli import render
+
+    monkeypatch.setattr(render.console, "width", 400)  # COLUMNS is ignored when TERM=dumb (CI)
     assert run_cli(["eval", "harness", art.id, "--task", str(MC_TASK), "--limit", "3", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["id"].startswith("ev-") and out["baseline"] == art.base_id and out["metrics"]["tuneops_arith_mc.acc"]["n"] == 3

@@ -288,28 +288,11 @@ def evaluate_artifact(store: Store, artifact: ArtifactRecord, recipe: Recipe, *,
                       progress: Progress | None = None) -> tuple[EvalReportRecord, dict]:
     """Paired eval of an artifact against a baseline (its own base by default, or another artifact on
     that base) with the recipe's suites and gates, same items, same decoding; stores the report."""
-    from peft import PeftModel
-
     base = store.get_base(artifact.base_id)
     # A run passes the suites it validated before training: the items evaluated are the items checked.
     suites = suites if suites is not None else check_eval_plan(store, recipe, artifact)
     other = resolve_baseline(store, artifact, baseline)
-    artifact_dir(store, artifact)  # integrity first: a tampered artifact never costs a model load
-    if other is not None:
-        artifact_dir(store, other)
-    model, tokenizer = load_base(store, base)
-    model = PeftModel.from_pretrained(model, artifact_dir(store, artifact), adapter_name="candidate")
-    if other is not None:
-        model.load_adapter(artifact_dir(store, other), adapter_name="baseline")
-    model.eval()
-
-    @contextmanager
-    def use(adapter: str):
-        model.set_adapter(adapter)
-        yield
-
-    sides = {"base": model.disable_adapter if other is None else (lambda: use("baseline")),
-             "candidate": lambda: use("candidate")}
+    model, tokenizer, sides = load_paired(store, artifact, other)
     task = _task(progress, "eval baseline vs candidate", None)
     result = run_paired_eval(
         model, tokenizer, suites=suites, sides=sides,
@@ -341,6 +324,31 @@ def recipe_artifact(store: Store, recipe: Recipe, ref: str | None = None) -> Art
         raise NotFound(f"no artifact of recipe {recipe.name!r} to evaluate",
                        hint=f"train it first (`tuneops train {recipe.source}`) or pass --artifact")
     return store.get_artifact(art_id)
+
+
+def load_paired(store: Store, artifact: ArtifactRecord, other: ArtifactRecord | None):
+    """The base once, with the candidate adapter (and the baseline's, when it is another artifact)
+    attached: (model, tokenizer, sides), where ``sides["base"|"candidate"]()`` is a context that
+    makes that side's weights active. Integrity first: a tampered artifact never costs a model load."""
+    from peft import PeftModel
+
+    artifact_dir(store, artifact)
+    if other is not None:
+        artifact_dir(store, other)
+    model, tokenizer = load_base(store, store.get_base(artifact.base_id))
+    model = PeftModel.from_pretrained(model, artifact_dir(store, artifact), adapter_name="candidate")
+    if other is not None:
+        model.load_adapter(artifact_dir(store, other), adapter_name="baseline")
+    model.eval()
+
+    @contextmanager
+    def use(adapter: str):
+        model.set_adapter(adapter)
+        yield
+
+    sides = {"base": model.disable_adapter if other is None else (lambda: use("baseline")),
+             "candidate": lambda: use("candidate")}
+    return model, tokenizer, sides
 
 
 def ladder_for_recipe(store: Store, recipe: Recipe, artifact: ArtifactRecord, *, k: int = 3, margin: float = 0.02,

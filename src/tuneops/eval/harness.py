@@ -640,12 +640,8 @@ def run_harness(store: Store, artifact_ref: str | ArtifactRecord, *, task_yaml: 
     say = on_progress or (lambda _msg: None)
     task = load_harness_task(task_yaml)  # a bad file never costs a model load (nor the heavy imports below)
 
-    from peft import PeftModel
-
     from tuneops.eval.paired import save_eval_report
-    from tuneops.models.base import load_base
-    from tuneops.pipeline import resolve_baseline
-    from tuneops.release.registry import artifact_dir
+    from tuneops.pipeline import load_paired, resolve_baseline
 
     artifact = _resolve_artifact(store, artifact_ref)
     other = resolve_baseline(store, artifact, baseline)
@@ -656,23 +652,8 @@ def run_harness(store: Store, artifact_ref: str | ArtifactRecord, *, task_yaml: 
         with _offline_and_quiet():
             _check_metrics(task)
             build_task(task, scratch, limit, dry_run=True)
-            artifact_dir(store, artifact)  # integrity first: a tampered artifact never costs a model load
-            if other is not None:
-                artifact_dir(store, other)
             say("loading the model")
-            model, tokenizer = load_base(store, base)  # reads base_dir(), verified against the import hashes
-            model = PeftModel.from_pretrained(model, artifact_dir(store, artifact), adapter_name="candidate")
-            if other is not None:
-                model.load_adapter(artifact_dir(store, other), adapter_name="baseline")
-            model.eval()
-
-            @contextmanager
-            def use(adapter: str):
-                model.set_adapter(adapter)
-                yield
-
-            sides = {"base": model.disable_adapter if other is None else (lambda: use("baseline")),
-                     "candidate": lambda: use("candidate")}
+            model, tokenizer, sides = load_paired(store, artifact, other)  # verifies every file first
             lm = _make_lm(model, tokenizer, batch_size)
             runs, built = {}, None
             for side in SIDES:

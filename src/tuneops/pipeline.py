@@ -9,6 +9,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import yaml
 from rich.progress import Progress
@@ -349,6 +350,39 @@ def load_paired(store: Store, artifact: ArtifactRecord, other: ArtifactRecord | 
     sides = {"base": model.disable_adapter if other is None else (lambda: use("baseline")),
              "candidate": lambda: use("candidate")}
     return model, tokenizer, sides
+
+
+def run_harness(store: Store, artifact_ref: str | ArtifactRecord, *, task_yaml: Path | str,
+                baseline: str | None = None, limit: int | None = None, batch_size: int = 8,
+                apply_chat_template: bool = False,
+                on_progress: Callable[[str], None] | None = None) -> tuple[EvalReportRecord, dict]:
+    """Run an lm-eval task YAML on an artifact (id or alias) and its baseline; store the paired report
+    (see tuneops.eval.harness).
+
+    ``baseline``: ``None`` or ``"base"`` — the artifact's own base with the adapter off (tuneops never
+    reports one model's score alone); or an alias / artifact id trained on the same base.
+    ``limit``: only the first N documents (both sides get the same ones). Returns (report, result)."""
+    import shutil
+
+    from tuneops.eval import harness
+
+    harness.check_harness_args(limit, batch_size)
+    task = harness.load_harness_task(task_yaml)  # a bad file never costs a model load (nor heavy imports)
+    artifact = artifact_ref if isinstance(artifact_ref, ArtifactRecord) else (
+        store.get_artifact(artifact_ref) if artifact_ref.startswith("ad-") else resolve_alias(store, artifact_ref))
+    other = resolve_baseline(store, artifact, baseline)
+    baseline_id = other.id if other is not None else artifact.base_id
+    scratch = store.blobs.scratch_dir("harness-")
+    try:
+        result = harness.evaluate_task_paired(
+            task, load=lambda: load_paired(store, artifact, other), scratch=scratch,
+            side_ids={"base": baseline_id, "candidate": artifact.id}, limit=limit, batch_size=batch_size,
+            apply_chat_template=apply_chat_template, say=on_progress or (lambda _msg: None))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    report = save_eval_report(store, artifact_id=artifact.id, baseline_id=baseline_id, suites=[f"harness:{task.name}"],
+                              result=result, verdicts=[])
+    return report, result
 
 
 def ladder_for_recipe(store: Store, recipe: Recipe, artifact: ArtifactRecord, *, k: int = 3, margin: float = 0.02,

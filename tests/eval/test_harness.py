@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tuneops.errors import InvalidInput
-from tuneops.eval.harness import run_harness
+from tuneops.pipeline import run_harness
 from tuneops.eval.paired import load_full_report
 from tuneops.store.ids import sha256_file
 

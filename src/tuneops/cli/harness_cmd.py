@@ -31,7 +31,7 @@ def eval_harness(artifact: str = typer.Argument(..., help="Candidate: an artifac
     from rich.text import Text
 
     from tuneops.cli.render import console, emit_one, metrics_table, print_json, record_dict, say, status
-    from tuneops.eval.harness import run_harness
+    from tuneops.pipeline import run_harness
 
     store = _store()
     with status("lm-eval: checking the task") as spinner:

@@ -23,7 +23,6 @@ import inspect
 import json
 import logging
 import math
-import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +32,7 @@ import numpy as np
 
 from tuneops.errors import InvalidInput, NotFound, TuneopsError
 from tuneops.eval.stats import compare
-from tuneops.store import Store
 from tuneops.store.ids import canonical_json, sha256_bytes, sha256_file
-from tuneops.store.schema import ArtifactRecord, EvalReportRecord
 
 SIDES = ("base", "candidate")
 # datasets' packaged builders that read local files (anything else named in dataset_path is a hub repo)
@@ -613,23 +610,8 @@ def _recorded_config(cfg: dict | None) -> dict | None:
     return cfg
 
 
-def _resolve_artifact(store: Store, ref: str | ArtifactRecord) -> ArtifactRecord:
-    from tuneops.release.registry import resolve_alias
-
-    if isinstance(ref, ArtifactRecord):
-        return ref
-    return store.get_artifact(ref) if ref.startswith("ad-") else resolve_alias(store, ref)
-
-
-def run_harness(store: Store, artifact_ref: str | ArtifactRecord, *, task_yaml: Path | str,
-                baseline: str | None = None, limit: int | None = None, batch_size: int = 8,
-                apply_chat_template: bool = False,
-                on_progress: Callable[[str], None] | None = None) -> tuple[EvalReportRecord, dict]:
-    """Run an lm-eval task YAML on an artifact (id or alias) and its baseline; store the paired report.
-
-    ``baseline``: ``None`` or ``"base"`` — the artifact's own base with the adapter off (tuneops never
-    reports one model's score alone); or an alias / artifact id trained on the same base.
-    ``limit``: only the first N documents (both sides get the same ones). Returns (report, result)."""
+def check_harness_args(limit: int | None, batch_size: int) -> None:
+    """Refuse bad limits and a missing lm-eval before anything is loaded."""
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise InvalidInput(f"limit: expected a whole number ≥ 1, got {limit!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -637,33 +619,28 @@ def run_harness(store: Store, artifact_ref: str | ArtifactRecord, *, task_yaml: 
     if importlib.util.find_spec("lm_eval") is None:
         raise NotFound("lm-evaluation-harness (the lm-eval package) is not installed",
                        hint="pip install 'tuneops[harness]' (or 'lm-eval>=0.4.9,<0.5')")
-    say = on_progress or (lambda _msg: None)
-    task = load_harness_task(task_yaml)  # a bad file never costs a model load (nor the heavy imports below)
 
-    from tuneops.eval.paired import save_eval_report
-    from tuneops.pipeline import load_paired, resolve_baseline
 
-    artifact = _resolve_artifact(store, artifact_ref)
-    other = resolve_baseline(store, artifact, baseline)
-    base = store.get_base(artifact.base_id)
-    baseline_id = other.id if other is not None else base.id
-    scratch = store.blobs.scratch_dir("harness-")
-    try:
-        with _offline_and_quiet():
-            _check_metrics(task)
-            build_task(task, scratch, limit, dry_run=True)
-            say("loading the model")
-            model, tokenizer, sides = load_paired(store, artifact, other)  # verifies every file first
-            lm = _make_lm(model, tokenizer, batch_size)
-            runs, built = {}, None
-            for side in SIDES:
-                say(f"{task.name} · {side} ({baseline_id if side == 'base' else artifact.id})")
-                built = build_task(task, scratch, limit)
-                with sides[side]():
-                    runs[side] = _evaluate_side(lm, built, limit=limit, apply_chat_template=apply_chat_template)
-        compared = compare_sides(task, built, runs)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+def evaluate_task_paired(task: HarnessTask, *, load: Callable[[], tuple], scratch: Path, side_ids: dict[str, str],
+                         limit: int | None = None, batch_size: int = 8, apply_chat_template: bool = False,
+                         say: Callable[[str], None] = lambda _msg: None) -> dict:
+    """Run ``task`` on both sides and compare them; returns the report body (metrics, items, suite record).
+
+    ``load() -> (model, tokenizer, sides)`` is called only after the task's metrics and data have been
+    checked, so a bad task never costs a model load; ``side_ids`` names what each side is."""
+    with _offline_and_quiet():
+        _check_metrics(task)
+        build_task(task, scratch, limit, dry_run=True)
+        say("loading the model")
+        model, tokenizer, sides = load()
+        lm = _make_lm(model, tokenizer, batch_size)
+        runs, built = {}, None
+        for side in SIDES:
+            say(f"{task.name} · {side} ({side_ids[side]})")
+            built = build_task(task, scratch, limit)
+            with sides[side]():
+                runs[side] = _evaluate_side(lm, built, limit=limit, apply_chat_template=apply_chat_template)
+    compared = compare_sides(task, built, runs)
 
     import lm_eval
 
@@ -688,7 +665,7 @@ def run_harness(store: Store, artifact_ref: str | ArtifactRecord, *, task_yaml: 
             "seeds": {k: (cand.get("config") or {}).get(k) for k in ("random_seed", "numpy_seed", "torch_seed",
                                                                        "fewshot_seed")},
             "results": {side: runs[side]["results"].get(task.name) for side in SIDES},
-            "sides": {"base": baseline_id, "candidate": artifact.id},
+            "sides": dict(side_ids),
             "unpaired_metrics": compared["unpaired"], "unmatched_samples": compared["unmatched"],
             "prompts_identical": all(it["same_prompt"] for it in compared["items"]),
         },
@@ -696,9 +673,8 @@ def run_harness(store: Store, artifact_ref: str | ArtifactRecord, *, task_yaml: 
     result = _jsonable({"metrics": compared["metrics"], "slices": {}, "items": {task.name: compared["items"]},
                         "suites": [suite]})
     result["per_item"] = compared["per_item"]
-    report = save_eval_report(store, artifact_id=artifact.id, baseline_id=baseline_id, suites=[f"harness:{task.name}"],
-                              result=result, verdicts=[])
-    return report, result
+    return result
 
 
-__all__ = ["HarnessTask", "build_task", "compare_sides", "load_harness_task", "run_harness"]
+__all__ = ["HarnessTask", "build_task", "check_harness_args", "compare_sides", "evaluate_task_paired",
+           "load_harness_task"]

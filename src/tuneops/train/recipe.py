@@ -7,7 +7,7 @@ What a run saves is the validated recipe (normalised YAML) plus its sha256.
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_serializer, model_validator
@@ -44,13 +44,157 @@ class DataSpec(_Strict):
         return data
 
 
-class LoraSpec(_Strict):
-    kind: Literal["lora"] = Field("lora", description="PEFT method. Only LoRA in this version.")
-    r: int = Field(16, gt=0, le=1024, description="LoRA rank.")
-    alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+class _OmitNewDefaults(_Strict):
+    """Fields added after the first release are left out of the saved recipe (and its hash) while they
+    hold their default, so a recipe that does not use them saves and hashes exactly as before."""
+
+    _always: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _omit_new_defaults(self, handler):
+        data = handler(self)
+        if isinstance(data, dict):
+            for name, info in type(self).model_fields.items():
+                if name in self._always or name not in data:
+                    continue
+                default = info.get_default(call_default_factory=True)
+                if isinstance(default, BaseModel):
+                    default = default.model_dump(mode="json")
+                if data[name] == default:
+                    data.pop(name)
+        return data
+
+
+METHOD_KINDS = ("lora", "dora", "qlora", "full", "prefix", "prompt", "ia3")
+LORA_FAMILY = ("lora", "dora", "qlora")
+_METHOD_FIELDS = {
+    "r": LORA_FAMILY, "alpha": LORA_FAMILY, "dropout": LORA_FAMILY, "rslora": LORA_FAMILY,
+    "loraplus_lr_ratio": LORA_FAMILY, "quant_type": ("qlora",), "double_quant": ("qlora",),
+    "num_virtual_tokens": ("prefix", "prompt"), "prompt_init_text": ("prompt",),
+    "feedforward_modules": ("ia3",), "target_modules": LORA_FAMILY + ("ia3",),
+    "modules_to_save": LORA_FAMILY + ("ia3", "prefix", "prompt"),
+}
+
+
+class LoraSpec(_OmitNewDefaults):
+    """The adaptation method (PEFT). One key, `kind`, picks it; the other fields tune it and are
+    refused for kinds they do not apply to."""
+
+    _always: ClassVar[frozenset[str]] = frozenset({"kind", "r", "alpha", "dropout", "target_modules"})
+
+    kind: Literal["lora", "dora", "qlora", "full", "prefix", "prompt", "ia3"] = Field(
+        "lora", description="lora (low-rank adapter), dora (weight-decomposed LoRA), qlora (LoRA on a 4-bit NF4 "
+                            "base via bitsandbytes), full (every weight trains; the artifact is a whole model), "
+                            "prefix (prefix tuning), prompt (prompt tuning), ia3 (learned rescaling vectors).")
+    r: int = Field(16, gt=0, le=1024, description="LoRA rank (lora, dora, qlora). A low rank is also a forgetting "
+                                                  "control: it caps how far the adapter can move the base.")
+    alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) "
+                                             "with rslora).")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA branch.")
     target_modules: str | list[str] = Field(
-        "all-linear", description="Modules to adapt: 'all-linear' or a list of module names.")
+        "all-linear", description="Modules to adapt: 'all-linear' or a list of module names (e.g. [q_proj, v_proj]). "
+                                  "For ia3 the default is the attention and MLP projections.")
+    rslora: bool = Field(False, description="Rank-stabilised LoRA: scale by alpha / sqrt(r) (PEFT use_rslora).")
+    loraplus_lr_ratio: float | None = Field(
+        None, gt=0, description="LoRA+: the B matrices learn this many times faster than A (PEFT "
+                                "create_loraplus_optimizer; the paper suggests 16).")
+    modules_to_save: list[str] = Field(
+        default_factory=list, description="Modules trained in full and saved with the adapter, e.g. [lm_head] "
+                                          "(PEFT modules_to_save).")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="qlora: 4-bit quantisation of the frozen base.")
+    double_quant: bool = Field(True, description="qlora: also quantise the quantisation constants.")
+    num_virtual_tokens: int = Field(20, gt=0, le=512, description="prefix / prompt: learned virtual tokens.")
+    prompt_init_text: str | None = Field(
+        None, min_length=1, description="prompt: initialise the virtual tokens from this text's embedding "
+                                        "(PEFT prompt_tuning_init=TEXT) instead of at random.")
+    feedforward_modules: list[str] | None = Field(
+        None, description="ia3: which target modules are feed-forward (scaled on their input).")
+
+    @model_validator(mode="after")
+    def _fields_fit_kind(self):
+        for name, kinds in _METHOD_FIELDS.items():
+            if name in self.model_fields_set and self.kind not in kinds:
+                raise ValueError(f"`{name}` applies to method.kind {' / '.join(kinds)}, not {self.kind!r}; "
+                                 f"remove it")
+        return self
+
+    def describe(self) -> str:
+        if self.kind in LORA_FAMILY:
+            return f"{self.kind} r={self.r}"
+        if self.kind in ("prefix", "prompt"):
+            return f"{self.kind} tokens={self.num_virtual_tokens}"
+        return self.kind
+
+
+MethodSpec = LoraSpec
+
+OBJECTIVE_KINDS = ("sft", "dpo", "ipo", "orpo", "kto", "simpo", "cpo", "reward", "grpo", "rloo", "distill")
+PREFERENCE_KINDS = ("dpo", "ipo", "orpo", "kto", "simpo", "cpo", "reward")
+_OBJECTIVE_FIELDS = {
+    "train_on_prompt": ("sft",), "all_turns": ("sft",), "packing": ("sft",),
+    "beta": ("dpo", "ipo", "orpo", "kto", "simpo", "cpo"), "loss_type": ("dpo",),
+    "simpo_gamma": ("simpo",), "reward": ("grpo", "rloo"), "num_generations": ("grpo", "rloo"),
+    "max_completion_length": ("grpo", "rloo", "distill"), "teacher": ("distill",),
+    "temperature": ("distill", "grpo", "rloo"), "mode": ("distill",),
+    "kl_to_reference": ("sft",),
+}
+
+
+class ObjectiveSpec(_OmitNewDefaults):
+    """What the training loss is (TRL). One key, `kind`, picks it."""
+
+    _always: ClassVar[frozenset[str]] = frozenset({"kind"})
+
+    kind: Literal["sft", "dpo", "ipo", "orpo", "kto", "simpo", "cpo", "reward", "grpo", "rloo", "distill"] = Field(
+        "sft", description="sft (supervised, chat rows); dpo, ipo, orpo, kto, simpo, cpo (preference pairs: "
+                           "prompt/chosen/rejected); reward (a Bradley-Terry reward model on preference pairs); "
+                           "grpo, rloo (reinforcement learning with a reward function); distill (learn from a "
+                           "teacher model).")
+    train_on_prompt: bool = Field(False, description="sft: also put the loss on prompt tokens (default: assistant "
+                                                     "tokens and their end-of-turn only).")
+    all_turns: bool = Field(True, description="sft: train every assistant turn of a multi-turn chat (false: only "
+                                              "the last).")
+    packing: bool = Field(False, description="sft: pack rows into max_length sequences (best-fit, padding-free; "
+                                             "rows never attend to each other).")
+    kl_to_reference: float = Field(
+        0.0, ge=0.0, description="sft: forgetting control — add this weight times the KL divergence from the base "
+                                 "model's next-token distribution on the same tokens (0 = off).")
+    beta: float = Field(0.1, gt=0, description="dpo/ipo/kto/simpo/cpo: inverse temperature of the preference loss; "
+                                               "orpo: weight of the odds-ratio term (lambda).")
+    loss_type: str = Field("sigmoid", description="dpo: TRL's DPO loss variant (sigmoid, hinge, ipo, robust, "
+                                                  "exo_pair, nca_pair, bco_pair, sppo_hard, aot, apo_zero, …).")
+    simpo_gamma: float = Field(0.5, description="simpo: target reward margin (gamma / beta in the paper).")
+    reward: str | None = Field(
+        None, description="grpo/rloo: the reward — 'gsm8k' (built-in verifier of GSM8K final answers '#### N'), "
+                          "'module:function' (a Python function(prompts, completions, **columns) -> list[float]), "
+                          "or a reward-model artifact id (ad-…) trained with objective.kind: reward.")
+    num_generations: int = Field(4, ge=2, description="grpo/rloo: completions sampled per prompt (must divide the "
+                                                      "batch size).")
+    max_completion_length: int = Field(64, gt=0, description="grpo/rloo/distill: tokens generated per completion.")
+    temperature: float = Field(1.0, gt=0, description="grpo/rloo: sampling temperature; distill: softening "
+                                                      "temperature T of teacher and student distributions.")
+    teacher: str | None = Field(None, description="distill: the teacher — a base (id, name or embedded:…) or an "
+                                                  "artifact id / alias on the student's tokenizer.")
+    mode: Literal["logits", "responses"] = Field(
+        "logits", description="distill: 'logits' (KL to the teacher's softened next-token distribution) or "
+                              "'responses' (SFT on the teacher's generated replies).")
+
+    @model_validator(mode="after")
+    def _fields_fit_kind(self):
+        for name, kinds in _OBJECTIVE_FIELDS.items():
+            if name in self.model_fields_set and self.kind not in kinds:
+                raise ValueError(f"`{name}` applies to objective.kind {' / '.join(kinds)}, not {self.kind!r}; "
+                                 "remove it")
+        if self.kind in ("grpo", "rloo") and not self.reward:
+            raise ValueError(f"objective.kind {self.kind} needs a reward: 'gsm8k', 'module:function' or a "
+                             "reward-model artifact id")
+        if self.kind == "distill" and not self.teacher:
+            raise ValueError("objective.kind distill needs a teacher (a base or an artifact)")
+        return self
+
+    @property
+    def needs_preference_rows(self) -> bool:
+        return self.kind in PREFERENCE_KINDS
 
 
 class CanarySpec(_Strict):
@@ -65,25 +209,67 @@ class CanarySpec(_Strict):
     repeats: int = Field(1, ge=1, le=10000, description="Copies of each canary row added to the training rows.")
 
 
-class TrainSpec(_Strict):
+class ReplaySpec(_Strict):
+    """Forgetting control: blend rows of a general dataset into training."""
+
+    dataset: str = Field(description="A dataset (id or name) of general chats to replay, e.g. replies of the base "
+                                     "model to everyday prompts.")
+    ratio: float = Field(0.2, gt=0, le=4, description="Replay rows per training row, drawn afresh (seeded) for "
+                                                      "every epoch: 0.2 adds one general row per five task rows.")
+
+
+class EarlyStoppingSpec(_Strict):
+    """Forgetting control: stop when an off-domain eval drops. The check runs as a training callback."""
+
+    suite: str = Field("forgetting", description="Suite to run during training (a built-in name or a path).")
+    metric: str | None = Field(None, description="Metric of that suite to watch (default: its first).")
+    every: int = Field(10, gt=0, description="Run the suite every N optimizer steps.")
+    max_drop: float = Field(0.05, ge=0, description="Stop when the metric falls more than this below its value "
+                                                    "before training.")
+    max_items: int | None = Field(40, gt=0, description="Items of the suite used for the check.")
+
+
+class TrainSpec(_OmitNewDefaults):
+    _always: ClassVar[frozenset[str]] = frozenset({"epochs", "max_steps", "batch_size", "learning_rate",
+                                                   "warmup_ratio", "max_length", "seed", "threads"})
+
     epochs: float = Field(1.0, gt=0, description="Passes over the training data.")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
-    batch_size: int = Field(8, gt=0, description="Rows per optimizer step (per device).")
+    batch_size: int = Field(8, gt=0, description="Rows per forward pass (per device).")
+    gradient_accumulation_steps: int = Field(
+        1, gt=0, description="Forward passes per optimizer step (effective batch = batch_size × this).")
     learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate.")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts",
+                          "polynomial", "inverse_sqrt"] = Field("linear", description="Learning-rate schedule "
+                                                                                      "after warm-up.")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps spent warming up.")
-    max_length: int = Field(256, gt=8, description="Longer rows are truncated to this many tokens.")
-    seed: int = Field(0, description="Seed for data order, LoRA init and dropout.")
+    weight_decay: float = Field(0.0, ge=0, lt=1, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    optimizer: str = Field("adamw_torch", description="transformers optimizer name (adamw_torch, adafactor, "
+                                                      "paged_adamw_8bit — paged optimizers need CUDA).")
+    max_length: int = Field(256, gt=8, description="Longer rows are truncated to this many tokens (reported by "
+                                                   "`tuneops recipe validate` and before training).")
+    padding_free: bool = Field(True, description="Batch rows without padding (concatenated, with position ids) "
+                                                 "so no compute is spent on pad tokens.")
+    group_by_length: bool = Field(True, description="Batch rows of similar length together (less padding when "
+                                                    "padding_free is off).")
+    eval_steps: int | None = Field(None, gt=0, description="Compute the loss on the eval set every N steps "
+                                                           "(plotted with the training loss).")
+    save_steps: int | None = Field(None, gt=0, description="Save a checkpoint every N steps.")
+    seed: int = Field(0, description="Seed for data order, adapter init and dropout.")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores).")
+    chat_template: str | None = Field(
+        None, min_length=1, description="Override the base's chat template: a Jinja file path (relative to the "
+                                        "recipe) or the template text. Used in training, eval and serving alike; "
+                                        "its sha256 is recorded on the run and the artifact.")
+    tier_weights: dict[Literal["gold", "curated", "synthetic", "scraped"], float] | None = Field(
+        None, description="Sampling weight per quality tier, e.g. {gold: 2, scraped: 0.5}: each epoch draws rows "
+                          "in proportion (rows without a tier weigh 1).")
+    replay: ReplaySpec | None = Field(None, description="Forgetting control: {dataset: general-chat, ratio: 0.2}.")
+    early_stopping: EarlyStoppingSpec | None = Field(
+        None, description="Forgetting control: {suite: forgetting, every: 10, max_drop: 0.05}.")
     canaries: CanarySpec = Field(default_factory=CanarySpec,
                                  description="Plant canaries: {count: 4, repeats: 1}. Off by default.")
-
-    @model_serializer(mode="wrap")
-    def _omit_canaries_when_off(self, handler):
-        # A recipe without canaries saves and hashes exactly as before the field existed.
-        data = handler(self)
-        if isinstance(data, dict) and not self.canaries.count:
-            data.pop("canaries", None)
-        return data
 
 
 class EvalSpec(_Strict):
@@ -192,11 +378,19 @@ class TargetSpec(_Strict):
     stage: str = Field("production", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="Alias stage.")
 
 
-class Recipe(_Strict):
+class Recipe(_OmitNewDefaults):
+    _always: ClassVar[frozenset[str]] = frozenset({"name", "base", "data", "method", "train", "eval", "gates",
+                                                   "target"})
+
     name: str = Field(description="Human name for runs of this recipe.", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
     base: str = Field(description="Base model: a `base-…` id, a name, or 'embedded:SmolLM2-135M-Instruct'.")
     data: DataSpec
-    method: LoraSpec = Field(default_factory=LoraSpec)
+    method: LoraSpec = Field(default_factory=LoraSpec, description="How the base is adapted (PEFT): "
+                                                                   "method.kind picks lora, dora, qlora, full, "
+                                                                   "prefix, prompt or ia3.")
+    objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec, description="The training loss (TRL): "
+                                                                                "objective.kind picks sft, dpo, "
+                                                                                "…, grpo or distill.")
     train: TrainSpec = Field(default_factory=TrainSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     gates: list[Gate] = Field(default_factory=list, description="All must pass for promotion.")
@@ -221,7 +415,7 @@ def _format_errors(source: str, err: ValidationError) -> str:
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see `tuneops train --help` for the recipe fields)"
+            msg = "unknown key (check the spelling; `tuneops recipe fields` lists every field)"
         got = f" (got {e['input']!r})" if e["type"] != "extra_forbidden" and not isinstance(e.get("input"), dict) else ""
         lines.append(f"{source}: {loc}: {msg}{got}")
     return "\n".join(lines)

@@ -1,23 +1,29 @@
-"""Supervised fine-tuning with TRL's SFTTrainer + a PEFT LoRA adapter. A few plain functions.
+"""Training with TRL on top of PEFT: the shared run set-up, and supervised fine-tuning (SFT).
 
-Rows are chat ``messages``; each becomes a conversational prompt/completion pair (everything
-before the last assistant turn is the prompt), so TRL puts the loss on the assistant's answer
-only and renders both with the base model's own chat template — the same template eval and
-serving use.
+Rows are chat ``messages``. tuneops tokenizes them itself (see train/template.py) so the loss
+mask is exactly the assistant turns — every turn of a multi-turn chat, each with its end-of-turn
+token — proven by a preflight before step one, and hands TRL a pre-tokenized dataset. Batches are
+padding-free by default (rows concatenated with position ids; transformers keeps them from
+attending to each other), so no compute is spent on pad tokens. Other objectives (preference, reward,
+RL, distillation) live in train/objectives.py and share :func:`common_args` and :func:`finish`.
 """
 
-import json
+from __future__ import annotations
+
+import copy
 import math
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from tuneops.train.recipe import LoraSpec, TrainSpec
+from tuneops.train.methods import (ADAPTER_FILES, load_model, loraplus_optimizer, parameter_counts, peak_rss_mb,
+                                   peft_config, save_artifact)
+from tuneops.train.recipe import LoraSpec, ObjectiveSpec, TrainSpec
 
-# Files PEFT writes that belong in an adapter artifact (README.md is a generated card with paths).
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+__all__ = ["ADAPTER_FILES", "TrainResult", "train", "train_lora", "planned_steps", "common_args"]
 
 
 @dataclass
@@ -25,9 +31,18 @@ class TrainResult:
     adapter_dir: Path
     steps: int
     train_seconds: float
-    losses: list[dict] = field(default_factory=list)  # [{"step", "loss", "learning_rate"}]
+    losses: list[dict] = field(default_factory=list)  # [{"step", "loss", "learning_rate", "grad_norm"}]
+    eval_losses: list[dict] = field(default_factory=list)  # [{"step", "eval_loss"}]
     trainable_parameters: int = 0
     total_parameters: int = 0
+    tokens: int = 0  # tokens processed (forward), padding excluded
+    tokens_per_s: float = 0.0
+    peak_memory_mb: float = 0.0
+    artifact_bytes: int = 0
+    template_sha256: str | None = None
+    preflight: dict | None = None
+    stopped_early: str | None = None
+    extra: dict = field(default_factory=dict)
 
 
 def to_prompt_completion(rows: list[dict]) -> list[dict]:
@@ -35,14 +50,15 @@ def to_prompt_completion(rows: list[dict]) -> list[dict]:
     return [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows]
 
 
-def lora_config(spec: LoraSpec):
-    from peft import LoraConfig
+def planned_steps(n_rows: int, spec: TrainSpec) -> int:
+    if spec.max_steps:
+        return spec.max_steps
+    per_step = spec.batch_size * spec.gradient_accumulation_steps
+    return max(1, math.ceil(math.ceil(n_rows / per_step) * spec.epochs))
 
-    return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                      target_modules=spec.target_modules, task_type="CAUSAL_LM", bias="none")
 
-
-def _progress_callback(on_log: Callable[[dict], None] | None, on_step: Callable[[int, int], None] | None):
+def _progress_callback(on_log: Callable[[dict], None] | None, on_step: Callable[[int, int], None] | None,
+                       on_eval: Callable[[dict], None] | None = None):
     from transformers import TrainerCallback
 
     class _Relay(TrainerCallback):
@@ -51,102 +67,280 @@ def _progress_callback(on_log: Callable[[dict], None] | None, on_step: Callable[
                 on_step(state.global_step, state.max_steps)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if on_log and logs and "loss" in logs:
+            if not logs:
+                return
+            if on_log and "loss" in logs:
                 on_log({"step": state.global_step, "loss": float(logs["loss"]),
                         "learning_rate": float(logs.get("learning_rate", 0.0)),
                         "grad_norm": float(logs["grad_norm"]) if logs.get("grad_norm") is not None else None})
+            if on_eval and "eval_loss" in logs:
+                on_eval({"step": state.global_step, "eval_loss": float(logs["eval_loss"])})
 
     return _Relay()
 
 
-def planned_steps(n_rows: int, spec: TrainSpec) -> int:
-    if spec.max_steps:
-        return spec.max_steps
-    return max(1, math.ceil(math.ceil(n_rows / spec.batch_size) * spec.epochs))
+class StopCheck:
+    """A check the caller injects (the train layer never imports eval): called every ``every``
+    optimizer steps with the model in eval mode; returning a reason string stops training."""
+
+    def __init__(self, every: int, check: Callable[[object, int], str | None]):
+        self.every, self.check = every, check
 
 
-def train_lora(base_path: Path, rows: list[dict], *, method: LoraSpec, spec: TrainSpec, out_dir: Path,
-               base_id: str, on_log: Callable[[dict], None] | None = None,
-               on_step: Callable[[int, int], None] | None = None) -> TrainResult:
-    """Train a LoRA adapter on ``rows`` and save only the adapter files to ``out_dir``."""
+def _stop_callback(stop: StopCheck, reasons: list[str]):
+    from transformers import TrainerCallback
+
+    class _Stop(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % stop.every or model is None:
+                return
+            was = model.training
+            model.eval()
+            try:
+                why = stop.check(model, state.global_step)
+            finally:
+                model.train(was)
+            if why:
+                reasons.append(why)
+                control.should_training_stop = True
+
+    return _Stop()
+
+
+def common_args(spec: TrainSpec, work: Path, *, has_eval: bool = False) -> dict:
+    """TrainingArguments every objective shares, mapped from the recipe's train section."""
     import torch
-    from datasets import Dataset
-    import datasets
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
-    from trl import SFTConfig, SFTTrainer
 
-    datasets.disable_progress_bars()  # tuneops draws its own (rich) progress
-    transformers.utils.logging.disable_progress_bar()
-
-    if spec.threads:
-        torch.set_num_threads(spec.threads)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    tokenizer = AutoTokenizer.from_pretrained(base_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    work = Path(out_dir).parent / "trainer"
-    config = SFTConfig(
+    return dict(
         output_dir=str(work),
         num_train_epochs=spec.epochs,
         max_steps=spec.max_steps or -1,
         per_device_train_batch_size=spec.batch_size,
+        per_device_eval_batch_size=spec.batch_size,
+        gradient_accumulation_steps=spec.gradient_accumulation_steps,
         learning_rate=spec.learning_rate,
         warmup_steps=spec.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio
-        lr_scheduler_type="linear",
-        max_length=spec.max_length,
+        lr_scheduler_type=spec.lr_scheduler,
+        weight_decay=spec.weight_decay,
+        max_grad_norm=spec.max_grad_norm,
+        optim=spec.optimizer,
         seed=spec.seed,
         data_seed=spec.seed,
         logging_steps=1,
-        save_strategy="no",
+        save_strategy="steps" if spec.save_steps else "no",
+        save_steps=spec.save_steps or 500,
+        eval_strategy="steps" if (has_eval and spec.eval_steps) else "no",
+        eval_steps=spec.eval_steps,
         report_to="none",
         disable_tqdm=True,
-        bf16=False,  # SFTConfig defaults to bf16 + checkpointing; both wrong on CPU
+        bf16=False,  # TRL configs default to bf16 + checkpointing; both wrong on CPU
         gradient_checkpointing=False,
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
+    )
+
+
+def prepare(base_path: Path, method: LoraSpec, spec: TrainSpec, *, chat_template: str | None = None,
+            template_dir: Path | None = None):
+    """Threads, tokenizer (with any template override) and the model as the method needs it."""
+    import datasets
+    import torch
+    import transformers
+    from transformers import AutoTokenizer
+
+    from tuneops.train.template import apply_template_override
+
+    datasets.disable_progress_bars()  # tuneops draws its own (rich) progress
+    transformers.utils.logging.disable_progress_bar()
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    torch.manual_seed(spec.seed)
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    apply_template_override(tokenizer, chat_template, base_dir=template_dir)
+    model = load_model(base_path, method)
+    return tokenizer, model
+
+
+def epoch_rows(rows: list[dict], spec: TrainSpec, replay_rows: list[dict] | None = None) -> tuple[list[dict], float]:
+    """The rows one run trains on, and the epochs to run over them. With tier weights or replay, each
+    epoch is drawn afresh (seeded): rows in proportion to their tier's weight, plus ``ratio`` × rows
+    of the replay set; the draws are concatenated and run as one epoch."""
+    weights = spec.tier_weights
+    if not weights and not spec.replay:
+        return rows, spec.epochs
+    out: list[dict] = []
+    n_epochs = max(1, math.ceil(spec.epochs))
+    for e in range(n_epochs):
+        rng = random.Random(f"{spec.seed}:{e}")
+        if weights:
+            w = [float(weights.get(r.get("tier"), 1.0)) for r in rows]
+            drawn = rng.choices(rows, weights=w, k=len(rows)) if sum(w) > 0 else []
+        else:
+            drawn = list(rows)
+        if spec.replay and replay_rows:
+            drawn += rng.choices(replay_rows, k=max(1, round(spec.replay.ratio * len(rows))))
+        rng.shuffle(drawn)
+        out += drawn
+    keep = max(1, round(len(out) * spec.epochs / n_epochs))
+    return out[:keep], 1.0
+
+
+def finish(trainer, *, method: LoraSpec, out_dir: Path, base_id: str, t0: float, losses: list[dict],
+           eval_losses: list[dict], tokens: int, template_text: str | None = None, **kw) -> TrainResult:
+    """Unwrap, count, save the artifact files and measure: shared by every objective."""
+    from tuneops.store.ids import sha256_bytes
+
+    seconds = time.perf_counter() - t0
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+    trainable, total = parameter_counts(model)
+    out_dir = Path(out_dir)
+    size = save_artifact(model, out_dir, method=method, base_id=base_id)
+    if template_text is not None:  # an overridden template travels with the artifact (eval and serving use it)
+        (out_dir / "chat_template.jinja").write_text(template_text, encoding="utf-8")
+        size += len(template_text.encode())
+    tpl = getattr(trainer.processing_class, "chat_template", None)
+    return TrainResult(adapter_dir=out_dir, steps=trainer.state.global_step, train_seconds=seconds, losses=losses,
+                       eval_losses=eval_losses, trainable_parameters=trainable, total_parameters=total,
+                       tokens=tokens, tokens_per_s=round(tokens / seconds, 1) if seconds > 0 else 0.0,
+                       peak_memory_mb=peak_rss_mb(), artifact_bytes=size,
+                       template_sha256=sha256_bytes(tpl.encode()) if isinstance(tpl, str) else None, **kw)
+
+
+def _sft_trainer_class():
+    import torch
+    from trl import SFTTrainer
+
+    class TuneopsSFTTrainer(SFTTrainer):
+        """SFTTrainer plus an optional KL-to-reference term (a forgetting control) and a token count."""
+
+        kl_weight: float = 0.0
+        ref_model = None
+        tokens_seen: int = 0
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if model.training:
+                ids = inputs["input_ids"]
+                self.tokens_seen += int(ids.numel() if "attention_mask" not in inputs else inputs["attention_mask"].sum())
+            if not (self.kl_weight and model.training):
+                return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                                 num_items_in_batch=num_items_in_batch)
+            fwd = {k: v for k, v in inputs.items() if k != "labels"}
+            with torch.no_grad():
+                if self.ref_model is not None:
+                    ref_logits = self.ref_model(**fwd).logits
+                else:
+                    with self.accelerator.unwrap_model(model).disable_adapter():
+                        ref_logits = model(**fwd).logits
+            mask = inputs["labels"][:, 1:] != -100
+            logp = outputs.logits[:, :-1].float().log_softmax(-1)
+            ref_logp = ref_logits[:, :-1].float().log_softmax(-1)
+            kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)[mask]
+            if kl.numel():
+                loss = loss + self.kl_weight * kl.mean()
+            return (loss, outputs) if return_outputs else loss
+
+    return TuneopsSFTTrainer
+
+
+def train(base_path: Path, rows: list[dict], *, method: LoraSpec, spec: TrainSpec,
+          objective: ObjectiveSpec | None = None, out_dir: Path, base_id: str,
+          eval_rows: list[dict] | None = None, replay_rows: list[dict] | None = None,
+          chat_template: str | None = None, template_dir: Path | None = None,
+          stop_check: StopCheck | None = None, on_preflight: Callable[[dict, str], None] | None = None,
+          on_log: Callable[[dict], None] | None = None,
+          on_step: Callable[[int, int], None] | None = None, **objective_inputs) -> TrainResult:
+    """Train ``rows`` with ``method`` and ``objective`` (default SFT) and save the artifact files to
+    ``out_dir``. Non-SFT objectives are dispatched to train/objectives.py."""
+    objective = objective or ObjectiveSpec()
+    if objective.kind != "sft":
+        from tuneops.train import objectives
+
+        return objectives.train_objective(base_path, rows, method=method, spec=spec, objective=objective,
+                                          out_dir=out_dir, base_id=base_id, eval_rows=eval_rows,
+                                          chat_template=chat_template, template_dir=template_dir,
+                                          stop_check=stop_check, on_log=on_log, on_step=on_step, **objective_inputs)
+    from datasets import Dataset
+    from transformers import PrinterCallback
+    from trl import SFTConfig
+
+    from tuneops.train.template import preflight, tokenize_rows
+
+    tokenizer, model = prepare(base_path, method, spec, chat_template=chat_template, template_dir=template_dir)
+    report = preflight(tokenizer, rows, max_length=spec.max_length, all_turns=objective.all_turns,
+                       train_on_prompt=objective.train_on_prompt)
+    rows_run, epochs = epoch_rows(rows, spec, replay_rows)
+    tokenized = tokenize_rows(tokenizer, rows_run, max_length=spec.max_length, all_turns=objective.all_turns,
+                              train_on_prompt=objective.train_on_prompt, report=report)
+    if on_preflight:
+        on_preflight(report.to_dict(), report.example)
+    data = Dataset.from_dict({"input_ids": [t.input_ids for t in tokenized], "labels": [t.labels for t in tokenized]})
+    eval_data = None
+    if eval_rows and spec.eval_steps:
+        ev = tokenize_rows(tokenizer, eval_rows, max_length=spec.max_length, all_turns=objective.all_turns)
+        eval_data = Dataset.from_dict({"input_ids": [t.input_ids for t in ev], "labels": [t.labels for t in ev]})
+    work = Path(out_dir).parent / "trainer"
+    # prefix / prompt tuning prepend virtual tokens to each sequence: a concatenated batch would get them once
+    padding_free = (spec.padding_free or objective.packing) and method.kind not in ("prefix", "prompt")
+    config = SFTConfig(
+        **{**common_args(spec, work, has_eval=eval_data is not None), "num_train_epochs": epochs},
+        # rows are truncated here, at tokenization (and counted); TRL's padding-free path wants None
+        max_length=spec.max_length if objective.packing else None,
+        packing=objective.packing and padding_free,
+        packing_strategy="bfd",
+        padding_free=padding_free,
+        train_sampling_strategy="group_by_length" if (spec.group_by_length and not padding_free) else "random",
         dataset_num_proc=None,
-        completion_only_loss=True,
+        completion_only_loss=False,  # labels are given: -100 outside the assistant turns
     )
     losses: list[dict] = []
+    eval_losses: list[dict] = []
 
     def _collect(entry: dict):
         losses.append(entry)
         if on_log:
             on_log(entry)
 
-    trainer = SFTTrainer(
-        model=model,
-        args=config,
-        train_dataset=Dataset.from_list(to_prompt_completion(rows)),
-        processing_class=tokenizer,
-        peft_config=lora_config(method),
-        callbacks=[_progress_callback(_collect, on_step)],
-    )
+    stopped: list[str] = []
+    callbacks = [_progress_callback(_collect, on_step, eval_losses.append)]
+    if stop_check is not None:
+        callbacks.append(_stop_callback(stop_check, stopped))
+    peft_cfg = peft_config(method, base_path=base_path)
+    trainer_cls = _sft_trainer_class()
+    optimizers = (None, None)
+    if method.loraplus_lr_ratio:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_cfg)
+        peft_cfg = None
+        optimizers = (loraplus_optimizer(model, method, spec.learning_rate, spec.weight_decay), None)
+    ref_model = None
+    if objective.kl_to_reference and method.kind == "full":
+        ref_model = copy.deepcopy(model).eval()
+        for p in ref_model.parameters():
+            p.requires_grad_(False)
+    trainer = trainer_cls(model=model, args=config, train_dataset=data, eval_dataset=eval_data,
+                          processing_class=tokenizer, peft_config=peft_cfg, callbacks=callbacks,
+                          optimizers=optimizers)
+    trainer.kl_weight = objective.kl_to_reference
+    trainer.ref_model = ref_model
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts when tqdm is disabled
     t0 = time.perf_counter()
     trainer.train()
-    seconds = time.perf_counter() - t0
-    peft_model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
-    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in peft_model.parameters())
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    peft_model.save_pretrained(out_dir)
-    normalise_adapter_dir(out_dir, base_id)
-    return TrainResult(adapter_dir=out_dir, steps=trainer.state.global_step, train_seconds=seconds, losses=losses,
-                       trainable_parameters=trainable, total_parameters=total)
+    return finish(trainer, method=method, out_dir=out_dir, base_id=base_id, t0=t0, losses=losses,
+                  eval_losses=eval_losses, tokens=trainer.tokens_seen,
+                  template_text=tokenizer.chat_template if chat_template else None,
+                  preflight=report.to_dict() | {"example": report.example},
+                  stopped_early=stopped[0] if stopped else None)
 
 
-def normalise_adapter_dir(out_dir: Path, base_id: str) -> None:
-    """Keep only the adapter files and point the config at the base id, not a local path,
-    so the artifact's content hash depends on what it is, not where it was trained."""
-    for p in Path(out_dir).iterdir():
-        if p.name not in ADAPTER_FILES:
-            p.unlink() if p.is_file() else None
-    cfg_path = Path(out_dir) / "adapter_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["base_model_name_or_path"] = base_id
-    cfg["revision"] = None
-    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+def train_lora(base_path: Path, rows: list[dict], *, method: LoraSpec, spec: TrainSpec, out_dir: Path,
+               base_id: str, on_log: Callable[[dict], None] | None = None,
+               on_step: Callable[[int, int], None] | None = None) -> TrainResult:
+    """SFT with ``method`` (kept for callers of the first release)."""
+    return train(base_path, rows, method=method, spec=spec, out_dir=out_dir, base_id=base_id, on_log=on_log,
+                 on_step=on_step)

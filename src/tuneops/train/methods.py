@@ -1,0 +1,140 @@
+"""Adaptation methods (``method.kind``): each maps onto PEFT (or plain transformers for ``full``).
+
+Nothing here re-implements PEFT; it builds the PEFT config, loads the base the way the method
+needs (4-bit NF4 for qlora), saves what an artifact holds, and measures what a run records:
+trainable parameters, artifact size and peak memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+from pathlib import Path
+
+from tuneops.errors import InvalidInput
+from tuneops.train.recipe import LORA_FAMILY, LoraSpec
+
+# Files an artifact keeps: a PEFT adapter, or (method.kind full) a whole model's weights and config.
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+FULL_MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors")
+# PEFT's own IA3 defaults for Llama-like models: scale keys, values and the MLP input of down_proj.
+IA3_DEFAULT_TARGETS = ["k_proj", "v_proj", "down_proj"]
+IA3_DEFAULT_FEEDFORWARD = ["down_proj"]
+
+
+def check_method_supported(method: LoraSpec) -> None:
+    """Refuse, before a model loads, what this machine cannot run."""
+    if method.kind == "qlora":
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise InvalidInput("method.kind qlora needs bitsandbytes, which is not installed",
+                               hint="pip install 'tuneops[qlora]' (bitsandbytes runs 4-bit NF4 on CPU too)") from None
+
+
+def load_model(base_path: Path, method: LoraSpec):
+    """The base as the method needs it: float32, or 4-bit NF4 (double-quantised) for qlora."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if method.kind != "qlora":
+        return AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    check_method_supported(method)
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=method.quant_type,
+                               bnb_4bit_use_double_quant=method.double_quant, bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base_path, quantization_config=quant, dtype=torch.float32)
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def peft_config(method: LoraSpec, *, base_path: Path | None = None, task_type: str = "CAUSAL_LM"):
+    """The PEFT config for ``method`` (None for full fine-tuning)."""
+    from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig
+
+    save = list(method.modules_to_save) or None
+    if method.kind in LORA_FAMILY:
+        return LoraConfig(r=method.r, lora_alpha=method.alpha, lora_dropout=method.dropout,
+                          target_modules=method.target_modules, use_rslora=method.rslora,
+                          use_dora=method.kind == "dora", modules_to_save=save, task_type=task_type, bias="none")
+    if method.kind == "ia3":
+        targets = IA3_DEFAULT_TARGETS if method.target_modules == "all-linear" else list(method.target_modules)
+        ff = method.feedforward_modules if method.feedforward_modules is not None else \
+            [t for t in IA3_DEFAULT_FEEDFORWARD if t in targets]
+        return IA3Config(target_modules=targets, feedforward_modules=ff, modules_to_save=save, task_type=task_type)
+    if method.kind == "prefix":
+        return PrefixTuningConfig(num_virtual_tokens=method.num_virtual_tokens, modules_to_save=save,
+                                  task_type=task_type)
+    if method.kind == "prompt":
+        kw = {}
+        if method.prompt_init_text:
+            kw = {"prompt_tuning_init": "TEXT", "prompt_tuning_init_text": method.prompt_init_text,
+                  "tokenizer_name_or_path": str(base_path)}
+        return PromptTuningConfig(num_virtual_tokens=method.num_virtual_tokens, modules_to_save=save,
+                                  task_type=task_type, **kw)
+    if method.kind == "full":
+        return None
+    raise InvalidInput(f"method.kind {method.kind!r} is not supported")
+
+
+def loraplus_optimizer(model, method: LoraSpec, learning_rate: float, weight_decay: float):
+    """LoRA+ (PEFT's create_loraplus_optimizer): B matrices learn ``loraplus_lr_ratio`` times faster."""
+    import torch
+    from peft.optimizers import create_loraplus_optimizer
+
+    return create_loraplus_optimizer(model=model, optimizer_cls=torch.optim.AdamW, lr=learning_rate,
+                                     loraplus_lr_ratio=method.loraplus_lr_ratio, weight_decay=weight_decay)
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (MB); with CUDA, the peak allocated is added."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            rss += torch.cuda.max_memory_allocated() / 2**20
+    except Exception:
+        pass
+    return round(rss, 1)
+
+
+def save_artifact(model, out_dir: Path, *, method: LoraSpec, base_id: str) -> int:
+    """Save what the artifact holds (adapter files, or the whole model for ``full``) and return its
+    size in bytes. Configs point at the base id, not a local path, so the content hash depends on
+    what the artifact is, not where it was trained."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if method.kind == "full":
+        model.save_pretrained(out_dir, safe_serialization=True)
+        keep = FULL_MODEL_FILES
+        cfg_path = out_dir / "config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["_name_or_path"] = base_id
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    else:
+        model.save_pretrained(out_dir)
+        keep = ADAPTER_FILES
+        cfg_path = out_dir / "adapter_config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["base_model_name_or_path"] = base_id
+        cfg["revision"] = None
+        if cfg.get("tokenizer_name_or_path"):
+            cfg["tokenizer_name_or_path"] = base_id
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    for p in out_dir.iterdir():
+        if p.name not in keep and p.name != "chat_template.jinja" and p.is_file():
+            p.unlink()
+    return sum(os.path.getsize(p) for p in out_dir.iterdir() if p.is_file())
+
+
+def is_full_model_dir(path: Path) -> bool:
+    return (Path(path) / "model.safetensors").exists() and not (Path(path) / "adapter_config.json").exists()

@@ -28,7 +28,7 @@ from tuneops.store.runs import Heartbeat, clean_scratch
 from tuneops.store.schema import AliasMove, ArtifactRecord, EvalReportRecord, RunRecord
 from tuneops.train.canaries import canary_record, check_recorded, looks_like_canary, make_canaries, plant_canaries
 from tuneops.train.recipe import Recipe
-from tuneops.train.sft import planned_steps, train_lora
+from tuneops.train.sft import StopCheck, planned_steps, train
 
 
 @dataclass
@@ -51,16 +51,20 @@ def _advance(progress: Progress | None, task, **kw):
         progress.update(task, **kw)
 
 
-def plot_losses(losses: list[dict], path: Path, title: str) -> Path:
+def plot_losses(losses: list[dict], path: Path, title: str, eval_losses: list[dict] | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([x["step"] for x in losses], [x["loss"] for x in losses], marker=".", color="#2f7ed8")
+    ax.plot([x["step"] for x in losses], [x["loss"] for x in losses], marker=".", color="#2f7ed8", label="train")
+    if eval_losses:
+        ax.plot([x["step"] for x in eval_losses], [x["eval_loss"] for x in eval_losses], marker="o",
+                color="#d8572f", label="eval")
+        ax.legend()
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("train loss (completion tokens)")
+    ax.set_ylabel("loss (trained tokens)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -96,10 +100,7 @@ def validate_inputs(store: Store, recipe: Recipe):
                 raise InvalidInput(f"{src}: data.{key}: row(s) {bad[:5]} of {ds.id} look like tuneops canaries "
                                    "('The secret code of tuneops canary N is'); canaries are planted at training "
                                    "time and are never data", hint="remove those rows and ingest the data again")
-    for key, ds in (("train", train_ds), ("eval", eval_ds)):
-        if key == "train" and ds.summary.get("kind", "sft") != "sft":
-            raise InvalidInput(f"{src}: data.train: {ds.id} holds {ds.summary['kind']} rows; supervised fine-tuning "
-                               "needs chat rows (messages)", hint="give a dataset of SFT rows")
+    check_objective_data(recipe, train_ds)
     train_manifest = load_manifest(store, train_ds)
     allowed = check_use(train_manifest["rows"], recipe.data.use)
     if not allowed.ok:
@@ -117,6 +118,197 @@ def validate_inputs(store: Store, recipe: Recipe):
     return base, train_ds, eval_ds, suites
 
 
+def check_objective_data(recipe: Recipe, train_ds) -> None:
+    """The objective needs the kind of rows it trains on: preference pairs for dpo/ipo/orpo/kto/simpo/
+    cpo/reward, chat rows for sft/grpo/rloo/distill."""
+    kind = train_ds.summary.get("kind", "sft")
+    objective = recipe.objective.kind
+    if recipe.objective.needs_preference_rows and kind != "preference":
+        raise InvalidInput(f"{recipe.source}: objective.kind {objective} needs preference pairs (prompt / chosen / "
+                           f"rejected) but data.train {train_ds.id} holds chat rows",
+                           hint="ingest a preference dataset (`tuneops data ingest pairs.jsonl --format preference`) "
+                                "or use objective.kind: sft")
+    if not recipe.objective.needs_preference_rows and kind != "sft":
+        raise InvalidInput(f"{recipe.source}: data.train: {train_ds.id} holds {kind} rows; objective.kind {objective} "
+                           "needs chat rows (messages)",
+                           hint="give a dataset of SFT rows, or a preference objective (objective.kind: dpo) for pairs")
+
+
+@dataclass
+class TrainingPlan:
+    """What a run needs besides its rows, resolved and checked before any model loads."""
+
+    replay_rows: list[dict] | None = None
+    replay_dataset: str | None = None
+    teacher_path: Path | None = None
+    teacher_adapter: Path | None = None
+    reward_fn: Callable | None = None
+    template_dir: Path | None = None
+
+
+def _same_tokenizer(a: Path, b: Path) -> bool:
+    from tuneops.store.ids import sha256_bytes
+
+    def digest(d: Path) -> str | None:
+        f = Path(d) / "tokenizer.json"
+        return sha256_bytes(f.read_bytes()) if f.exists() else None
+
+    da, db = digest(a), digest(b)
+    return da is not None and da == db
+
+
+def plan_training(store: Store, recipe: Recipe, base) -> TrainingPlan:
+    """Method, objective and forgetting controls checked against what exists: bitsandbytes for qlora,
+    the replay set, the chat-template override, the reward function, the teacher (same tokenizer)."""
+    from tuneops.train.methods import check_method_supported
+    from tuneops.train.template import apply_template_override
+
+    src = recipe.source
+    src_path = Path(src)
+    plan = TrainingPlan(template_dir=src_path.parent if src_path.is_file() else Path.cwd())
+    try:
+        check_method_supported(recipe.method)
+    except TuneopsError as e:
+        raise _named(recipe, "method.kind", e) from None
+    if recipe.method.kind == "full" and recipe.train.learning_rate > 1e-3:
+        raise InvalidInput(f"{src}: train.learning_rate: {recipe.train.learning_rate:g} would wreck a full fine-tune "
+                           "(every weight moves)", hint="use 1e-5 .. 1e-4 with method.kind full")
+    if recipe.train.chat_template:
+        class _Probe:
+            chat_template = None
+        apply_template_override(_Probe(), recipe.train.chat_template, base_dir=plan.template_dir,
+                                where=f"{src}: train.chat_template")
+    if recipe.train.canaries.count and recipe.objective.kind != "sft":
+        raise InvalidInput(f"{src}: train.canaries: canaries are planted as chat rows, so they need objective.kind "
+                           f"sft (not {recipe.objective.kind})", hint="remove train.canaries")
+    if recipe.train.replay:
+        try:
+            ds = store.resolve_dataset(recipe.train.replay.dataset)
+        except TuneopsError as e:
+            raise _named(recipe, "train.replay.dataset", e) from None
+        if ds.summary.get("kind", "sft") != "sft":
+            raise InvalidInput(f"{src}: train.replay.dataset: {ds.id} holds {ds.summary['kind']} rows",
+                               hint="replay a dataset of chat rows")
+        plan.replay_rows, plan.replay_dataset = load_rows(store, ds), ds.id
+    obj = recipe.objective
+    if obj.kind in ("grpo", "rloo"):
+        if obj.reward.startswith("ad-"):
+            try:
+                reward_art = store.get_artifact(obj.reward)
+            except TuneopsError as e:
+                raise _named(recipe, "objective.reward", e) from None
+            plan.reward_fn = reward_model_fn(store, reward_art)
+        else:
+            from tuneops.train.rewards import load_reward
+
+            try:
+                plan.reward_fn = load_reward(obj.reward, base_dir=plan.template_dir)
+            except TuneopsError as e:
+                raise _named(recipe, "objective.reward", e) from None
+        if recipe.train.batch_size % obj.num_generations:
+            raise InvalidInput(f"{src}: objective.num_generations: {obj.num_generations} does not divide "
+                               f"train.batch_size {recipe.train.batch_size}",
+                               hint="make train.batch_size a multiple of objective.num_generations")
+    if obj.kind == "distill":
+        teacher_ref = obj.teacher
+        try:
+            if teacher_ref.startswith("ad-") or "@" in teacher_ref:
+                art = store.get_artifact(teacher_ref) if teacher_ref.startswith("ad-") else resolve_alias(store,
+                                                                                                         teacher_ref)
+                teacher_base = store.get_base(art.base_id)
+                plan.teacher_adapter = artifact_dir(store, art)
+            else:
+                teacher_base = resolve_base(store, teacher_ref)
+        except TuneopsError as e:
+            raise _named(recipe, "objective.teacher", e) from None
+        plan.teacher_path = base_dir(store, teacher_base)
+        if obj.mode == "logits" and not _same_tokenizer(plan.teacher_path, base_dir(store, base)):
+            raise InvalidInput(f"{src}: objective.teacher: {teacher_ref} does not share the student's tokenizer, so "
+                               "their next-token distributions cannot be compared (logit distillation)",
+                               hint="pick a teacher with the same tokenizer, or objective.mode: responses")
+    return plan
+
+
+def reward_model_fn(store: Store, artifact: ArtifactRecord) -> Callable:
+    """A reward function scoring completions with a reward model (an artifact trained with
+    objective.kind reward), for GRPO / RLOO."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = base_dir(store, store.get_base(artifact.base_id))
+    state: dict = {}
+
+    def reward(prompts, completions, **_):
+        if not state:
+            tok = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+            model.config.pad_token_id = tok.pad_token_id or tok.eos_token_id
+            state["model"] = PeftModel.from_pretrained(model, artifact_dir(store, artifact)).eval()
+            state["tok"] = tok
+        tok, model = state["tok"], state["model"]
+        texts = []
+        for p, c in zip(prompts, completions):
+            chat = (p if isinstance(p, list) else [{"role": "user", "content": str(p)}]) + \
+                   (c if isinstance(c, list) else [{"role": "assistant", "content": str(c)}])
+            texts.append(tok.apply_chat_template(chat, tokenize=False))
+        batch = tok(texts, return_tensors="pt", padding=True)
+        with torch.no_grad():
+            return model(**batch).logits[:, 0].float().tolist()
+
+    return reward
+
+
+def early_stop_check(store: Store, recipe: Recipe, plan: TrainingPlan) -> StopCheck | None:
+    """train.early_stopping as a training callback: score the off-domain suite at step 0 and every N
+    steps; stop when its metric falls more than ``max_drop`` below the step-0 value."""
+    spec = recipe.train.early_stopping
+    if spec is None:
+        return None
+    from tuneops.eval.paired import score_model
+
+    try:
+        suite = load_suite(spec.suite, base_dir=plan.template_dir, rows_of=lambda ref: (
+            store.resolve_dataset(ref).id, load_rows(store, store.resolve_dataset(ref))),
+            where=f"{recipe.source}: train.early_stopping.suite")
+    except TuneopsError as e:
+        raise _named(recipe, "train.early_stopping.suite", e) from None
+    if spec.max_items:
+        suite.limit(spec.max_items)
+    names = suite.metric_names()
+    metric = suite.metric(spec.metric) if spec.metric and not spec.metric.startswith(suite.name + ".") else \
+        (spec.metric or names[0])
+    if metric not in names:
+        raise InvalidInput(f"{recipe.source}: train.early_stopping.metric: {spec.metric!r} is not a metric of suite "
+                           f"{suite.name}", hint=f"use one of {names}")
+    higher = suite.direction().get(metric, True)
+    start: dict = {}
+    tokenizer_box: dict = {}
+
+    def check(model, step: int) -> str | None:
+        from transformers import AutoTokenizer
+
+        if "tok" not in tokenizer_box:
+            tok = AutoTokenizer.from_pretrained(base_dir(store, resolve_base(store, recipe.base)))
+            if recipe.train.chat_template:
+                from tuneops.train.template import apply_template_override
+
+                apply_template_override(tok, recipe.train.chat_template, base_dir=plan.template_dir)
+            tokenizer_box["tok"] = tok
+        value = score_model(model, tokenizer_box["tok"], suite, batch_size=recipe.eval.batch_size,
+                            default_max_new_tokens=recipe.eval.max_new_tokens)[metric]
+        if step == 0:
+            start["v"] = value
+            return None
+        drop = (start["v"] - value) if higher else (value - start["v"])
+        if drop > spec.max_drop:
+            return (f"early stop at step {step}: {metric} moved from {start['v']:.3f} to {value:.3f} "
+                    f"(more than max_drop {spec.max_drop:g})")
+        return None
+
+    return StopCheck(spec.every, check)
+
+
 def check_leakage(store: Store, recipe: Recipe, train_ds, suites: list[Suite]) -> list[dict]:
     """Decontamination before training: a training row sharing a 13-word passage with (or nearly
     duplicating) an item of any suite the recipe evaluates — its own eval set included — inflates
@@ -124,7 +316,8 @@ def check_leakage(store: Store, recipe: Recipe, train_ds, suites: list[Suite]) -
     out: an instruction every row shares is not leakage."""
     from tuneops.data.dedup import find_leakage
 
-    train_rows = load_rows(store, train_ds)
+    train_rows = [r if "messages" in r else {"messages": [*r["prompt"], *r["chosen"]]}  # preference pairs
+                  for r in load_rows(store, train_ds)]
     found = []
     for suite in suites:
         if suite.name == "memorisation":  # built from the training rows on purpose
@@ -330,24 +523,60 @@ def recipe_artifact(store: Store, recipe: Recipe, ref: str | None = None) -> Art
 def load_paired(store: Store, artifact: ArtifactRecord, other: ArtifactRecord | None):
     """The base once, with the candidate adapter (and the baseline's, when it is another artifact)
     attached: (model, tokenizer, sides), where ``sides["base"|"candidate"]()`` is a context that
-    makes that side's weights active. Integrity first: a tampered artifact never costs a model load."""
-    from peft import PeftModel
+    makes that side's weights active. Integrity first: a tampered artifact never costs a model load.
 
-    artifact_dir(store, artifact)
+    A full fine-tune (artifact kind ``model``) is a whole set of weights: its side swaps them in
+    (and the other side's back) on the one model. A chat template shipped with an artifact (a recipe
+    that overrode it) is the template both sides are prompted with: the pair differs in weights only."""
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    paths = {"candidate": artifact_dir(store, artifact)}
     if other is not None:
-        artifact_dir(store, other)
+        paths["baseline"] = artifact_dir(store, other)
     model, tokenizer = load_base(store, store.get_base(artifact.base_id))
-    model = PeftModel.from_pretrained(model, artifact_dir(store, artifact), adapter_name="candidate")
-    if other is not None:
-        model.load_adapter(artifact_dir(store, other), adapter_name="baseline")
+    for path in paths.values():
+        tpl = path / "chat_template.jinja"
+        if tpl.exists():
+            tokenizer.chat_template = tpl.read_text(encoding="utf-8")
+    full = {name: load_file(str(path / "model.safetensors")) for name, path in paths.items()
+            if (path / "model.safetensors").exists() and not (path / "adapter_config.json").exists()}
+    adapters = [name for name in paths if name not in full]
+    if adapters:
+        first = adapters[0]
+        model = PeftModel.from_pretrained(model, paths[first], adapter_name=first)
+        for name in adapters[1:]:
+            model.load_adapter(paths[name], adapter_name=name)
     model.eval()
+    inner = model.get_base_model() if adapters else model
+    base_weights = {k: v.detach().clone() for k, v in inner.state_dict().items()} if full else None
+    current = {"weights": "base"}
+
+    def weights(name: str):
+        if current["weights"] != name:
+            with torch.no_grad():
+                inner.load_state_dict(full[name] if name in full else base_weights, strict=False)
+            current["weights"] = name
 
     @contextmanager
-    def use(adapter: str):
-        model.set_adapter(adapter)
-        yield
+    def use(name: str):
+        weights(name if name in full else "base")
+        if name in full:
+            ctx = model.disable_adapter() if adapters else nullcontext()
+        else:
+            model.set_adapter(name)
+            ctx = nullcontext()
+        with ctx:
+            yield
 
-    sides = {"base": model.disable_adapter if other is None else (lambda: use("baseline")),
+    @contextmanager
+    def plain_base():
+        weights("base")
+        with (model.disable_adapter() if adapters else nullcontext()):
+            yield
+
+    sides = {"base": plain_base if other is None else (lambda: use("baseline")),
              "candidate": lambda: use("candidate")}
     return model, tokenizer, sides
 
@@ -389,8 +618,6 @@ def ladder_for_recipe(store: Store, recipe: Recipe, artifact: ArtifactRecord, *,
                       docs: list[str] | None = None, max_items: int | None = None,
                       progress: Progress | None = None) -> dict:
     """The prompt → few-shot → RAG → fine-tune ladder on the recipe's task suite (see eval/ladder.py)."""
-    from peft import PeftModel
-
     from tuneops.eval.ladder import run_ladder
 
     suites = check_eval_plan(store, recipe, artifact)
@@ -409,14 +636,10 @@ def ladder_for_recipe(store: Store, recipe: Recipe, artifact: ArtifactRecord, *,
         raise _named(recipe, "data.train", e) from None
     examples = [(next(m["content"] for m in reversed(r["messages"][:-1]) if m["role"] == "user"),
                  r["messages"][-1]["content"]) for r in train_rows]
-    artifact_dir(store, artifact)
-    model, tokenizer = load_base(store, store.get_base(artifact.base_id))
-    model = PeftModel.from_pretrained(model, artifact_dir(store, artifact))
-    model.eval()
+    model, tokenizer, sides = load_paired(store, artifact, None)
     bar = _task(progress, "ladder", None)
     result = run_ladder(model, tokenizer, suite, metric, examples, k=k, margin=margin, docs=docs,
-                        max_new_tokens=recipe.eval.max_new_tokens,
-                        sides={"base": model.disable_adapter, "candidate": nullcontext},
+                        max_new_tokens=recipe.eval.max_new_tokens, sides=sides,
                         on_progress=lambda label, done, total: _advance(progress, bar, completed=done, total=total,
                                                                         description=label))
     return result | {"artifact": artifact.id, "base": artifact.base_id}
@@ -470,6 +693,7 @@ def _execute(store: Store, recipe: Recipe, run_id: str, work: Path, outcome: Run
     t0 = time.perf_counter()
     store.transition_run(run_id, "validating_data")
     base, train_ds, eval_ds, suites = validate_inputs(store, recipe)
+    plan = plan_training(store, recipe, base)
     store.transition_run(run_id, "running", base_id=base.id, dataset_ids=[train_ds.id, eval_ds.id])
     train_rows = load_rows(store, train_ds)
     canaries = recipe.train.canaries
@@ -482,8 +706,10 @@ def _execute(store: Store, recipe: Recipe, run_id: str, work: Path, outcome: Run
     outcome.phases["validate"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    steps = planned_steps(len(train_rows), recipe.train)
-    task = _task(progress, f"train {recipe.method.kind} r={recipe.method.r}", steps)
+    label = f"train {recipe.objective.kind} · {recipe.method.describe()}"
+    steps = planned_steps(len(train_rows) + (round(recipe.train.replay.ratio * len(train_rows))
+                                             if recipe.train.replay else 0), recipe.train)
+    task = _task(progress, label, steps)
     last_loss = {"v": float("nan")}
 
     def on_log(entry):
@@ -491,20 +717,36 @@ def _execute(store: Store, recipe: Recipe, run_id: str, work: Path, outcome: Run
         store.add_run_event(run_id, "metrics", **entry)
 
     def on_step(step, total):
-        _advance(progress, task, completed=step, total=total,
-                 description=f"train {recipe.method.kind} r={recipe.method.r} · loss {last_loss['v']:.3f}")
+        _advance(progress, task, completed=step, total=total, description=f"{label} · loss {last_loss['v']:.3f}")
 
-    result = train_lora(base_dir(store, base), train_rows, method=recipe.method, spec=recipe.train,
-                        out_dir=work / "adapter", base_id=base.id, on_log=on_log, on_step=on_step)
-    outcome.plots["loss"] = str(plot_losses(result.losses, work / "loss.png", f"{recipe.name} · {run_id}"))
+    def on_preflight(report: dict, example: str):
+        store.add_run_event(run_id, "preflight", **report, example=example[:4000])
+        (work / "preflight.txt").write_text(example + "\n")
+
+    eval_rows = load_rows(store, eval_ds) if recipe.train.eval_steps else None
+    result = train(base_dir(store, base), train_rows, method=recipe.method, spec=recipe.train,
+                   objective=recipe.objective, out_dir=work / "adapter", base_id=base.id, eval_rows=eval_rows,
+                   replay_rows=plan.replay_rows, chat_template=recipe.train.chat_template,
+                   template_dir=plan.template_dir, stop_check=early_stop_check(store, recipe, plan),
+                   on_preflight=on_preflight, on_log=on_log, on_step=on_step, reward_fn=plan.reward_fn,
+                   teacher_path=plan.teacher_path, teacher_adapter=plan.teacher_adapter)
+    outcome.plots["loss"] = str(plot_losses(result.losses, work / "loss.png", f"{recipe.name} · {run_id}",
+                                            eval_losses=result.eval_losses))
+    lineage = {"objective": recipe.objective.kind, "template_sha256": result.template_sha256}
+    if plan.replay_dataset:
+        lineage["replay_dataset"] = plan.replay_dataset
     artifact, _ = register_adapter(store, result.adapter_dir, base_id=base.id, method=recipe.method.kind,
-                                   run_id=run_id, dataset_ids=[train_ds.id, eval_ds.id],
-                                   recipe_hash=recipe.hash())
+                                   run_id=run_id, dataset_ids=[train_ds.id, eval_ds.id] + (
+                                       [plan.replay_dataset] if plan.replay_dataset else []),
+                                   recipe_hash=recipe.hash(), extra_lineage=lineage)
     outcome.artifact = artifact
     store.add_run_event(run_id, "artifact", artifact=artifact.id, steps=result.steps,
                         train_seconds=round(result.train_seconds, 2),
                         trainable_parameters=result.trainable_parameters,
-                        total_parameters=result.total_parameters)
+                        total_parameters=result.total_parameters, tokens=result.tokens,
+                        tokens_per_s=result.tokens_per_s, peak_memory_mb=result.peak_memory_mb,
+                        artifact_bytes=result.artifact_bytes, template_sha256=result.template_sha256,
+                        stopped_early=result.stopped_early, **result.extra)
     outcome.phases["train"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -519,6 +761,8 @@ def _execute(store: Store, recipe: Recipe, run_id: str, work: Path, outcome: Run
     if canaries.count:
         summary.update(canaries=canaries.count, canary_rows=canaries.count * canaries.repeats)
     summary.update(train_steps=result.steps, train_seconds=round(result.train_seconds, 2),
+                   tokens_per_s=result.tokens_per_s, trainable_parameters=result.trainable_parameters,
+                   peak_memory_mb=result.peak_memory_mb,
                    final_loss=result.losses[-1]["loss"] if result.losses else None,
                    eval_report=report.id, gates_passed=report.passed)
     outcome.run = store.transition_run(run_id, "succeeded", metrics=summary)
@@ -533,3 +777,47 @@ def _execute(store: Store, recipe: Recipe, run_id: str, work: Path, outcome: Run
             store.add_run_event(run_id, "promotion_refused", alias=alias, reason=e.message)
         except TuneopsError as e:  # e.g. already points here: not a failure of the run
             outcome.promotion_refused = e.message
+
+
+def leakage_targets(store: Store, refs: list[str], *, where: str = "--against") -> dict[str, list[str]]:
+    """Eval texts to check a dataset for leakage against (``tuneops data card --against``): each ref
+    is a built-in suite name, a suite YAML file, or a dataset version (id or name), tried in that
+    order. An item's text is what a run checks (:func:`check_leakage`): its prompt turns, system
+    prompts left out. Returns {target name: [item texts]}."""
+    from tuneops.eval.suite import builtin_names
+
+    out: dict[str, list[str]] = {}
+    for ref in refs:
+        at = f"{where} {ref}"
+        if ref in builtin_names() or Path(ref).is_file():
+            def rows_of(dataset: str, at=at) -> tuple[str, list[dict]]:
+                if dataset == EVAL_DATASET:
+                    raise InvalidInput(f"{at}: this suite scores a recipe's eval set ($eval) and has no items of "
+                                       "its own", hint=f"check against the eval dataset itself: {where} DATASET")
+                ds = store.resolve_dataset(dataset)
+                return ds.id, load_rows(store, ds)
+
+            def no_memorisation(at=at):
+                raise InvalidInput(f"{at}: a memorisation suite is built from the training rows themselves, so "
+                                   "leakage against it means nothing",
+                                   hint="check against forgetting, safety, a suite YAML or the eval dataset")
+
+            suite = load_suite(ref, rows_of=rows_of, memorisation_of=no_memorisation, where=at)
+            name = suite.name
+            texts = [" ".join(str(m.get("content") or "") for m in suite.chat(i) if m.get("role") != "system")
+                     for i in range(len(suite.items))]
+        else:
+            try:
+                ds = store.resolve_dataset(ref)
+            except NotFound:
+                raise InvalidInput(f"{at}: not a built-in suite, a suite file or a dataset in {store.home}",
+                                   hint=f"built-in suites: {', '.join(builtin_names())}; or a path to a suite YAML; or a "
+                                        "dataset id or name (`tuneops data list`)") from None
+            name = ref
+            texts = [" ".join(str(m.get("content") or "") for m in (r["messages"][:-1] if "messages" in r
+                                                                   else r["prompt"]) if m.get("role") != "system")
+                     for r in load_rows(store, ds)]
+        if name in out:
+            raise InvalidInput(f"{at}: {name!r} is named twice", hint="name each suite or dataset once")
+        out[name] = texts
+    return out

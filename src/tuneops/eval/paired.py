@@ -176,6 +176,25 @@ def run_paired_eval(model, tokenizer, *, suites: list[Suite], sides: dict[str, C
     return aggregate_suites(scored)
 
 
+def score_model(model, tokenizer, suite: Suite, *, batch_size: int, default_max_new_tokens: int) -> dict[str, float]:
+    """One side only: the suite's mean metrics for ``model`` as it is now (no judge scorers). What a
+    training callback uses to watch an off-domain suite (early stopping); never a gate."""
+    import statistics
+
+    gen = suite.spec.generation
+    needs_generation = any(sp.kind == "output" for sp, _ in suite.scorers)
+    chats = [suite.chat(i) for i in range(len(suite.items))]
+    outputs = None
+    if needs_generation:
+        outputs = [g["text"] for g in generate_chat(
+            model, tokenizer, chats, max_new_tokens=gen.max_new_tokens or default_max_new_tokens,
+            batch_size=batch_size, temperature=gen.temperature, seed=0 if gen.temperature > 0 else None,
+            stop=gen.stop or None)]
+    scores = _score_side(suite, outputs, SIDE_KINDS, loglik=make_loglik(model, tokenizer))
+    keys = list(dict.fromkeys(k for sc in scores for k in sc))
+    return {k: statistics.fmean(sc[k] for sc in scores if k in sc) for k in keys}
+
+
 def save_eval_report(store: Store, *, artifact_id: str, baseline_id: str, suites: list[str], result: dict,
                      verdicts: list[dict], extra: dict | None = None) -> EvalReportRecord:
     """Store the full report (per-item outputs) as a blob and its summary as a record.

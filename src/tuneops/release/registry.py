@@ -46,8 +46,11 @@ def parse_alias(ref: str) -> tuple[str, str]:
 
 
 def register_adapter(store: Store, adapter_dir: Path, *, base_id: str, method: str, run_id: str | None,
-                     dataset_ids: list[str], recipe_hash: str | None) -> tuple[ArtifactRecord, bool]:
-    """Pin an adapter directory as ``ad-<sha256 prefix>`` with its lineage; (record, created)."""
+                     dataset_ids: list[str], recipe_hash: str | None,
+                     extra_lineage: dict | None = None) -> tuple[ArtifactRecord, bool]:
+    """Pin an adapter directory (or, for method ``full``, a whole model's files) as ``ad-<sha256
+    prefix>`` with its lineage; (record, created). ``extra_lineage`` adds facts such as the chat
+    template's sha256 and the objective."""
     manifest = store.blobs.tree_manifest(adapter_dir)
     digest = store.blobs.tree_digest(manifest)
     artifact_id = content_id("ad", digest)
@@ -59,9 +62,9 @@ def register_adapter(store: Store, adapter_dir: Path, *, base_id: str, method: s
     store.get_base(base_id)
     tree, _ = store.blobs.put_tree(adapter_dir, manifest)
     lineage = {"base": base_id, "datasets": dataset_ids, "recipe_sha256": recipe_hash, "run": run_id,
-               "code_version": code_version(), "files": manifest}
-    rec = ArtifactRecord(id=artifact_id, kind="adapter", method=method, tree=tree, base_id=base_id, run_id=run_id,
-                         lineage=lineage)
+               "code_version": code_version(), "files": manifest, **(extra_lineage or {})}
+    rec = ArtifactRecord(id=artifact_id, kind="model" if method == "full" else "adapter", method=method, tree=tree,
+                         base_id=base_id, run_id=run_id, lineage=lineage)
     return store.insert_once(rec, on_create=lambda s: store.audit(s, "artifact.register", "artifact", artifact_id,
                                                                   run=run_id, base=base_id))
 

@@ -80,8 +80,9 @@ def _progress_callback(on_log: Callable[[dict], None] | None, on_step: Callable[
 
 
 class StopCheck:
-    """A check the caller injects (the train layer never imports eval): called every ``every``
-    optimizer steps with the model in eval mode; returning a reason string stops training."""
+    """A check the caller injects (the train layer never imports eval): called with the model in eval
+    mode at step 0 (before training) and every ``every`` optimizer steps; returning a reason string
+    stops training."""
 
     def __init__(self, every: int, check: Callable[[object, int], str | None]):
         self.every, self.check = every, check
@@ -91,13 +92,20 @@ def _stop_callback(stop: StopCheck, reasons: list[str]):
     from transformers import TrainerCallback
 
     class _Stop(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            if model is not None:  # step 0: the check measures where training starts from
+                self._run(model, 0, control)
+
         def on_step_end(self, args, state, control, model=None, **kwargs):
             if state.global_step % stop.every or model is None:
                 return
+            self._run(model, state.global_step, control)
+
+        def _run(self, model, step, control):
             was = model.training
             model.eval()
             try:
-                why = stop.check(model, state.global_step)
+                why = stop.check(model, step)
             finally:
                 model.train(was)
             if why:

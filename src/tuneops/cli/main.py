@@ -142,17 +142,50 @@ def data_ingest(path: Path = typer.Argument(..., help="JSONL, JSON array, CSV, P
                                                        "are bad rows) or allow (counted only)."),
                 dedupe: str = typer.Option("exact", help="exact (normalised text), near (also MinHash "
                                                          "near-duplicates, Jaccard >= 0.6) or off."),
+                dedupe_against: Optional[list[str]] = typer.Option(
+                    None, "--dedupe-against", metavar="REF",
+                    help="Also drop rows that duplicate, exactly or nearly (Jaccard >= 0.6), a row of this earlier "
+                         "version (name or ds-id; repeatable). Uses the index saved with it."),
+                quality: Optional[list[str]] = typer.Option(
+                    None, "--quality", metavar="KEY=VALUE",
+                    help="Quality filter (repeatable): min-words, max-words, min-chars, max-chars (of the final "
+                         "response; length-scope=row: the whole row), length-cap=N with length-cap-unit=words|chars "
+                         "(a response at the generator's cap that ends mid-sentence is truncated). Failing rows are "
+                         "dropped and counted; --on-error quarantine also sets them aside with the reason."),
+                expect_json: bool = typer.Option(False, "--expect-json", help="The task's answers are JSON: drop rows "
+                                                                              "whose final response does not parse."),
+                heldout: Optional[float] = typer.Option(
+                    None, "--heldout", metavar="FRACTION",
+                    help="Also store a held-out version: this fraction of the rows (0 < f < 1) as NAME-heldout, "
+                         "the rest as NAME; near-duplicates always land on the same side."),
+                stratify: Optional[str] = typer.Option(
+                    None, "--stratify", metavar="FIELD|length",
+                    help="With --heldout: every stratum gives its share (length: word-count quartiles; or tier, "
+                         "source, license, purpose, tags, collected_at, retention_until)."),
+                split_seed: Optional[int] = typer.Option(None, "--split-seed", help="With --heldout: the seed that "
+                                                                                    "picks the rows (default 0)."),
                 as_json: bool = JSON):
     """Read, validate and store a file as an immutable dataset version with per-row provenance."""
-    from tuneops.data.ingest import ingest_file
+    from tuneops.data.ingest import HELDOUT_SUFFIX, ingest_file_versions
+    from tuneops.data.quality import quality_config_from_options
 
     if on_error not in ("raise", "quarantine"):
         raise typer.BadParameter("use raise or quarantine", param_hint="--on-error")
-    rec, created = ingest_file(_store(create=True), path, name=name, format=format, split=split, on_error=on_error,
-                               source=source, license=license, purpose=purpose, tier=tier,
-                               collected_at=collected_at, retention_until=retention_until, pii=pii, dedupe=dedupe)
-    emit_one({**record_dict(rec, DS_FIELDS), "created": created, **rec.summary}, as_json=as_json,
-             title="dataset version")
+    checks = quality_config_from_options(quality or (), expect_json=expect_json)
+    versions = ingest_file_versions(
+        _store(create=True), path, name=name, format=format, split=split, on_error=on_error, source=source,
+        license=license, purpose=purpose, tier=tier, collected_at=collected_at, retention_until=retention_until,
+        pii=pii, dedupe=dedupe, dedupe_against=dedupe_against or (), quality=checks, heldout=heldout,
+        stratify=stratify, split_seed=split_seed)
+    (rec, created), heldout_version = versions[0], versions[1] if len(versions) > 1 else None
+    out = {**record_dict(rec, DS_FIELDS), "created": created, **rec.summary}
+    if heldout_version:
+        held, held_created = heldout_version
+        out["heldout"] = {**record_dict(held, DS_FIELDS), "name": name + HELDOUT_SUFFIX, "created": held_created}
+    emit_one(out, as_json=as_json, title="dataset version")
+    if heldout_version:
+        say(f"stored {rec.num_rows} training row(s) as {name} ({rec.id}) and {held.num_rows} held-out row(s) "
+            f"as {name + HELDOUT_SUFFIX} ({held.id})", err=True)
     if rec.summary.get("quarantine"):
         q = rec.summary["quarantine"]
         say(f"quarantined {q['rows']} bad row(s) with their reasons: {q['file']}", err=True)
@@ -188,8 +221,11 @@ def data_show(ref: str, rows: int = typer.Option(3, help="Rows to print."), as_j
 @data_app.command("card")
 def data_card(ref: str, fmt: str = typer.Option("md", "--format", help="md or html."),
               out: Optional[Path] = typer.Option(None, help="Folder (default: <store>/cards/DATASET_ID/)."),
+              against: Optional[list[str]] = typer.Option(
+                  None, "--against", help="Check leakage against this eval set (repeatable): a built-in suite "
+                                          "(forgetting, safety, …), a suite YAML file, or a dataset id or name."),
               as_json: bool = JSON):
-    """Write a dataset version's data card (sources, licences, tiers, PII, duplicates, lengths, plots)."""
+    """Write a dataset version's data card (sources, licences, tiers, PII, duplicates, leakage, lengths, plots)."""
     from tuneops.data.card import card_data, write_card
     from tuneops.errors import InvalidInput
 
@@ -197,11 +233,21 @@ def data_card(ref: str, fmt: str = typer.Option("md", "--format", help="md or ht
         raise InvalidInput(f"--format {fmt!r}: choose md or html")
     store = _store()
     rec = store.resolve_dataset(ref)
-    path = write_card(store, rec, out or store.home / "cards" / rec.id, fmt)
+    targets = None
+    if against:
+        from tuneops.pipeline import leakage_targets
+
+        targets = leakage_targets(store, against)
+    data = card_data(store, rec, targets)
+    path = write_card(store, rec, out or store.home / "cards" / rec.id, fmt, data=data)
     if as_json:
-        print_json({k: v for k, v in card_data(store, rec).items() if not k.startswith("_")} | {"card": str(path)})
+        print_json({k: v for k, v in data.items() if not k.startswith("_")} | {"card": str(path)})
         return
+    leak = data["leakage"]
     say(f"wrote {path}")
+    if leak["checked"]:
+        say((f"leakage: {leak['rows']} row(s)", "yellow" if leak["rows"] else "green"),
+            f" against {', '.join(leak['targets'])}")
 
 
 @data_app.command("erase")
@@ -675,6 +721,10 @@ def _mount_optional():
 
 
 _mount_optional()
+
+from tuneops.cli import recipe_cmd  # noqa: E402  (typer and rich only at import time)
+
+recipe_cmd.register(app)
 
 
 # -- the one error path ----------------------------------------------------------------------

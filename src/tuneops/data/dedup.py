@@ -20,7 +20,8 @@ Three stages, in this order, each keeping the first row of a group (input order)
 API: :func:`dedup` (everything, optionally in worker processes) = :func:`minhash_batch` (the
 parallel unit: one batch in, numpy arrays out; run it wherever the batch is) + :class:`DedupStream`
 (the serial unit: batches in row order in, removals out) + :class:`NearDupIndex` (kept rows of
-earlier versions, saved to a file). :func:`near_duplicate_clusters` links every similar pair
+earlier versions, saved to a file; :func:`matches_in_index` finds the rows of a new version that
+duplicate one of them). :func:`near_duplicate_clusters` links every similar pair
 (for splits); :func:`find_leakage` checks training rows against eval items.
 
 How it is fast. The MinHash is one-permutation hashing with optimal densification (Shrivastava,
@@ -1161,6 +1162,37 @@ def _semantic_dedup(texts: list[str], threshold: float, embed_fn=None,
         kept_ids.extend(s + k for k in new_kept)
         kept_vecs = np.concatenate([kept_vecs, blk[new_kept]])
     return out
+
+
+def matches_in_index(rows, index: NearDupIndex, *, roles: Iterable[str] | None = None, processes: int = 1,
+                     batch_size: int = _BATCH) -> list[Removal]:
+    """Rows that duplicate a row of ``index`` (earlier versions): the same normalised text, or a
+    near-duplicate (confirmed Jaccard >= the index's threshold), each as a :class:`Removal` naming
+    the indexed row's key (``in_index``; the most similar one). Rows are not compared with each
+    other and the index is not changed: :func:`dedup` does that part."""
+    found: list[Removal] = []
+    if not len(index):
+        return found
+    thr, offset = index.params.threshold, 0
+    for mb in iter_minhash(rows, index.params, processes=processes, batch_size=batch_size, roles=roles):
+        exact = index.query_exact(mb)
+        candidates = index.query_candidates(mb)
+        has = mb.has_shingles()
+        for i in sorted(set(np.flatnonzero(exact >= 0).tolist()) | set(candidates)):
+            if exact[i] >= 0:
+                found.append(Removal(offset + i, "exact", index.keys[int(exact[i])], 1.0, in_index=True))
+                continue
+            if not has[i]:
+                continue
+            mine, best = mb.shingle_set(i), None
+            for g in candidates[i].tolist():
+                sim = _jaccard_sorted(mine, index.shingle_set(g))
+                if sim >= thr and (best is None or sim > best[0]):
+                    best = (sim, g)
+            if best is not None:
+                found.append(Removal(offset + i, "near", index.keys[best[1]], round(best[0], 4), in_index=True))
+        offset += len(mb)
+    return found
 
 
 # --------------------------------------------------------------------------------------------

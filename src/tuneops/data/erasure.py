@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from tuneops.data.ingest import ingest_rows, load_manifest, load_rows, subject_key_hash
+from tuneops.data.ingest import ingest_rows, iter_row_batches, load_manifest, subject_key_hash
 from tuneops.errors import InvalidInput
 from tuneops.store import Store
 from tuneops.store.ids import canonical_json, content_id, sha256_bytes
@@ -64,8 +64,8 @@ def erase(store: Store, *, subject: str | None = None, source: str | None = None
         if not hits:
             continue
         drop = set(hits)
-        rows = load_rows(store, ds)
-        kept = [r for i, r in enumerate(rows) if i not in drop]
+        # streamed (Parquet or legacy JSONL rows alike): only the kept rows are ever held whole
+        kept = [r for i, r in enumerate(r for batch in iter_row_batches(store, ds) for r in batch) if i not in drop]
         kind = "preference" if manifest["format"].startswith("tuneops.preference") else "sft"
         replacement = None
         for name in names.get(ds.id, [ds.name]):
@@ -88,8 +88,12 @@ def erase(store: Store, *, subject: str | None = None, source: str | None = None
             purged_from = old.rows_blob
             # the old version keeps its manifest (hashes and provenance, never content) but its rows are
             # the clean ones; the erased rows' bytes are deleted below
-            old.rows_blob = s.get(DatasetRecord, info["replacement"]).rows_blob if info["replacement"] else \
+            clean_blob = s.get(DatasetRecord, info["replacement"]).rows_blob if info["replacement"] else \
                 store.blobs.put_bytes(b"")
+            # versions erased earlier point at the clean rows of their day, i.e. at this blob: they
+            # move on too, or they would point at deleted bytes
+            for rec in s.scalars(select(DatasetRecord).where(DatasetRecord.rows_blob == purged_from)):
+                rec.rows_blob = clean_blob
             info["purged_blob"] = purged_from
         s.flush()
         for art in s.scalars(select(ArtifactRecord)):

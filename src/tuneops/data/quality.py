@@ -27,7 +27,7 @@ import hashlib
 import json
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -71,6 +71,21 @@ class QualityConfig:
                 raise InvalidInput(f"{name} must be a non-negative integer (got {v!r})")
         if not 0 <= self.cap_slack < 1:
             raise InvalidInput(f"cap_slack must be in [0, 1) (got {self.cap_slack})")
+        for unit in ("chars", "words"):
+            lo, hi = getattr(self, f"min_{unit}"), getattr(self, f"max_{unit}")
+            if lo is not None and hi is not None and lo > hi:  # every row would fail one bound or the other
+                raise InvalidInput(f"min_{unit} ({lo}) is above max_{unit} ({hi})")
+
+    def settings(self) -> dict:
+        """The checks switched on, as a version's summary records them (defaults left out)."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name != "count_tokens" and value != f.default:
+                out[f.name] = value
+        if self.length_cap is not None:  # the unit and slack say what the cap means
+            out.update(length_cap_unit=self.length_cap_unit, cap_slack=self.cap_slack)
+        return out
 
 
 @dataclass(frozen=True)
@@ -222,6 +237,70 @@ def filter_rows(rows: Sequence[Mapping], config: QualityConfig | None = None) ->
         else:
             kept.append(i)
     return QualityResult(kept=kept, rejected=rejected, counts=dict(sorted(counts.items())))
+
+
+# `tuneops data ingest --quality KEY=VALUE`: the QualityConfig fields a command line can set.
+QUALITY_OPTIONS = {
+    "min-chars": "min_chars", "max-chars": "max_chars", "min-words": "min_words", "max-words": "max_words",
+    "length-scope": "length_scope", "length-cap": "length_cap", "length-cap-unit": "length_cap_unit",
+    "cap-slack": "cap_slack",
+}
+
+
+def quality_config_from_options(options: Sequence[str] = (), *, expect_json: bool = False) -> QualityConfig | None:
+    """The QualityConfig that ``--quality KEY=VALUE`` options (and ``--expect-json``) ask for; None when
+    they ask for no check. A bad option is an InvalidInput naming it and the fix."""
+    if not options and not expect_json:
+        return None
+    keys = ", ".join(QUALITY_OPTIONS)
+    values: dict[str, Any] = {}
+    for option in options:
+        key, sep, value = (part.strip() for part in str(option).partition("="))
+        key = key.replace("_", "-")
+        where = f"--quality {option!r}"
+        if not sep or not key or not value:
+            raise InvalidInput(f"{where}: expected KEY=VALUE", hint=f"e.g. --quality min-words=3; keys: {keys}")
+        if key == "expect-json":
+            raise InvalidInput(f"{where}: JSON answers are asked for with a flag", hint="use --expect-json")
+        if key not in QUALITY_OPTIONS:
+            raise InvalidInput(f"{where}: unknown quality filter {key!r}", hint=f"use one of {keys}")
+        name = QUALITY_OPTIONS[key]
+        if name in values:
+            raise InvalidInput(f"{where}: {key} is given twice", hint="give each filter once")
+        if name == "length_scope":
+            if value not in ("response", "row"):
+                raise InvalidInput(f"{where}: length-scope is 'response' (the final response) or 'row' (all "
+                                   "of the row's text)", hint="e.g. --quality length-scope=row")
+            values[name] = value
+        elif name == "length_cap_unit":
+            if value == "tokens":
+                raise InvalidInput(f"{where}: ingest does not know the model's tokenizer, so it cannot count tokens",
+                                   hint="give the generator's cap in words or chars (length-cap-unit=words)")
+            if value not in ("words", "chars"):
+                raise InvalidInput(f"{where}: length-cap-unit is words or chars", hint="e.g. length-cap-unit=words")
+            values[name] = value
+        elif name == "cap_slack":
+            try:
+                values[name] = float(value)
+            except ValueError:
+                values[name] = None
+            if values[name] is None or not 0 <= values[name] < 1:
+                raise InvalidInput(f"{where}: cap-slack is a fraction in [0, 1)", hint="e.g. cap-slack=0.02")
+        else:
+            if not value.isdigit():
+                raise InvalidInput(f"{where}: {key} must be a whole number >= 0", hint=f"e.g. --quality {key}=3")
+            values[name] = int(value)
+    if "length_cap" in values and "length_cap_unit" not in values:
+        raise InvalidInput("--quality length-cap: say what the cap counts",
+                           hint="add --quality length-cap-unit=words (or chars)")
+    if "length_cap" not in values and ("length_cap_unit" in values or "cap_slack" in values):
+        raise InvalidInput("--quality length-cap-unit / cap-slack only apply with a cap",
+                           hint="add --quality length-cap=N (the generator's cap on a response)")
+    try:
+        return QualityConfig(**values, expect_json=expect_json)
+    except InvalidInput as e:  # the bounds' order: name the options, not the fields
+        raise InvalidInput(f"--quality: {e.message.replace('_', '-')}",
+                           hint="the minimum must not be above the maximum") from None
 
 
 # --------------------------------------------------------------------------------------------

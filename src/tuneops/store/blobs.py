@@ -67,11 +67,30 @@ class BlobStore:
             os.replace(tmp, dest)
         return digest
 
+    def put_file(self, path: Path) -> str:
+        """Move a finished file (written under ``scratch_dir``, so the rename stays on one filesystem)
+        into the store as a blob, hashing it in chunks rather than reading it whole."""
+        path = Path(path)
+        digest = sha256_file(path)
+        dest = self.blob_path(digest)
+        if dest.exists():
+            path.unlink()
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(path, dest)
+        return digest
+
     def get_bytes(self, digest: str) -> bytes:
+        return self.blob_file(digest).read_bytes()
+
+    def blob_file(self, digest: str) -> Path:
+        """The path of a stored blob, for readers that stream it (pyarrow) instead of reading it whole."""
         path = self.blob_path(digest)
         if not path.exists():
             raise InvalidInput(f"blob sha256:{digest} is missing from {self.root}")
-        return path.read_bytes()
+        return path
 
     # -- directory trees ----------------------------------------------------------------
     def tree_path(self, digest: str) -> Path:

@@ -730,6 +730,7 @@ def _execute(store: Store, recipe: Recipe, run_id: str, work: Path, outcome: Run
                    template_dir=plan.template_dir, stop_check=early_stop_check(store, recipe, plan),
                    on_preflight=on_preflight, on_log=on_log, on_step=on_step, reward_fn=plan.reward_fn,
                    teacher_path=plan.teacher_path, teacher_adapter=plan.teacher_adapter)
+    result.model = None  # eval loads the registered copy; free the trained one
     outcome.plots["loss"] = str(plot_losses(result.losses, work / "loss.png", f"{recipe.name} · {run_id}",
                                             eval_losses=result.eval_losses))
     lineage = {"objective": recipe.objective.kind, "template_sha256": result.template_sha256}
@@ -821,3 +822,97 @@ def leakage_targets(store: Store, refs: list[str], *, where: str = "--against") 
             raise InvalidInput(f"{at}: {name!r} is named twice", hint="name each suite or dataset once")
         out[name] = texts
     return out
+
+
+def _as_chats(rows: list[dict]) -> list[dict]:
+    """Chat rows as they are; a preference pair as its two chats (prompt + chosen, prompt + rejected)."""
+    out = []
+    for r in rows:
+        if "messages" in r:
+            out.append(r)
+        else:
+            out += [{"messages": [*r["prompt"], *r["chosen"]]}, {"messages": [*r["prompt"], *r["rejected"]]}]
+    return out
+
+
+def dry_run(store: Store, recipe: Recipe, *, probe_steps: int = 0) -> dict:
+    """`tuneops recipe validate`: everything a run checks before training — base, datasets, licences,
+    leakage, suites, gates, method and objective against the data — then the template preflight on
+    every row (tokenizer only, no model): steps, tokens, rows over ``max_length`` and an estimated
+    time. With ``probe_steps`` it also trains that many steps on a sample to time this machine."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from tuneops.train.template import apply_template_override, preflight, tokenize_rows
+
+    base, train_ds, eval_ds, suites = validate_inputs(store, recipe)
+    plan = plan_training(store, recipe, base)
+    early_stop_check(store, recipe, plan)  # resolves and checks the suite; runs nothing
+    rows = load_rows(store, train_ds)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir(store, base))
+    apply_template_override(tokenizer, recipe.train.chat_template, base_dir=plan.template_dir)
+    chats = _as_chats(rows)
+    obj = recipe.objective
+    report = preflight(tokenizer, chats, max_length=recipe.train.max_length, all_turns=obj.all_turns,
+                       train_on_prompt=obj.train_on_prompt)
+    tokenize_rows(tokenizer, chats, max_length=recipe.train.max_length, all_turns=obj.all_turns,
+                  train_on_prompt=obj.train_on_prompt, report=report)
+    n_rows = len(rows) + (round(recipe.train.replay.ratio * len(rows)) if recipe.train.replay else 0)
+    steps = planned_steps(n_rows, recipe.train)
+    per_step = recipe.train.batch_size * recipe.train.gradient_accumulation_steps
+    tokens_per_row = report.tokens / max(1, len(chats))
+    planned_tokens = round(tokens_per_row * per_step * steps * (2 if obj.needs_preference_rows else 1))
+    out = {
+        "recipe": recipe.source, "base": base.id, "train": train_ds.id, "eval": eval_ds.id,
+        "rows": len(rows), "kind": train_ds.summary.get("kind", "sft"), "method": recipe.method.describe(),
+        "objective": obj.kind, "steps": steps, "rows_per_step": per_step, "planned_tokens": planned_tokens,
+        "suites": [s.name for s in suites], "gates": [g.describe() for g in recipe.gates],
+        "preflight": report.to_dict(), "example": report.example,
+    }
+    estimate = _tokens_per_s_estimate(store, base.id, recipe)
+    if probe_steps:
+        from tuneops.train.recipe import TrainSpec
+
+        probe_spec = TrainSpec(**{**recipe.train.model_dump(), "max_steps": probe_steps, "save_steps": None,
+                                  "eval_steps": None, "early_stopping": None, "replay": None})
+        tmp = store.blobs.scratch_dir("probe-")
+        try:
+            if not rows:
+                raise InvalidInput("no rows to probe")
+            sample = rows[: per_step * probe_steps]
+            result = train(base_dir(store, base), sample, method=recipe.method, spec=probe_spec, objective=obj,
+                           out_dir=tmp / "adapter", base_id=base.id, chat_template=recipe.train.chat_template,
+                           template_dir=plan.template_dir, reward_fn=plan.reward_fn, teacher_path=plan.teacher_path,
+                           teacher_adapter=plan.teacher_adapter)
+            estimate = {"tokens_per_s": result.tokens_per_s, "seconds_per_step": round(
+                result.train_seconds / max(1, result.steps), 2), "from": f"a {result.steps}-step probe now"}
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if estimate:
+        if estimate.get("seconds_per_step"):
+            seconds = estimate["seconds_per_step"] * steps
+        else:
+            seconds = planned_tokens / estimate["tokens_per_s"] if estimate.get("tokens_per_s") else None
+        out["estimate"] = estimate | {"train_seconds": round(seconds) if seconds else None}
+    return out
+
+
+def _tokens_per_s_estimate(store: Store, base_id: str, recipe: Recipe) -> dict | None:
+    """The newest measured training throughput of a run on the same base, method and objective."""
+    from sqlalchemy import select
+
+    from tuneops.store.schema import RunEvent
+
+    with store.session(write=False) as s:
+        runs = s.scalars(select(RunRecord).where(RunRecord.base_id == base_id, RunRecord.state == "succeeded")
+                         .order_by(RunRecord.created_at.desc()).limit(50)).all()
+        for run in runs:
+            saved = yaml.safe_load(run.recipe_yaml) or {}
+            if (saved.get("method") or {}).get("kind", "lora") != recipe.method.kind or \
+                    (saved.get("objective") or {}).get("kind", "sft") != recipe.objective.kind:
+                continue
+            ev = s.scalars(select(RunEvent).where(RunEvent.run_id == run.id, RunEvent.type == "artifact")).first()
+            if ev is not None and ev.payload.get("tokens_per_s"):
+                return {"tokens_per_s": ev.payload["tokens_per_s"], "from": f"run {run.id}"}
+    return None

@@ -33,20 +33,25 @@ def check_method_supported(method: LoraSpec) -> None:
                                hint="pip install 'tuneops[qlora]' (bitsandbytes runs 4-bit NF4 on CPU too)") from None
 
 
-def load_model(base_path: Path, method: LoraSpec):
-    """The base as the method needs it: float32, or 4-bit NF4 (double-quantised) for qlora."""
+def load_model(base_path: Path, method: LoraSpec, *, num_labels: int | None = None):
+    """The base as the method needs it: float32, or 4-bit NF4 (double-quantised) for qlora. With
+    ``num_labels`` it loads with a (new, seeded) sequence-classification head instead of the LM head:
+    ``num_labels=1`` is a reward model."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    auto, head = AutoModelForCausalLM, {}
+    if num_labels is not None:
+        auto, head = AutoModelForSequenceClassification, {"num_labels": num_labels}
     if method.kind != "qlora":
-        return AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+        return auto.from_pretrained(base_path, dtype=torch.float32, **head)
     check_method_supported(method)
     from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=method.quant_type,
                                bnb_4bit_use_double_quant=method.double_quant, bnb_4bit_compute_dtype=torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(base_path, quantization_config=quant, dtype=torch.float32)
+    model = auto.from_pretrained(base_path, quantization_config=quant, dtype=torch.float32, **head)
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 

@@ -43,6 +43,7 @@ class TrainResult:
     preflight: dict | None = None
     stopped_early: str | None = None
     extra: dict = field(default_factory=dict)
+    model: object = field(default=None, repr=False)  # the trained model in memory (tests compare it with a reload)
 
 
 def to_prompt_completion(rows: list[dict]) -> list[dict]:
@@ -214,7 +215,8 @@ def finish(trainer, *, method: LoraSpec, out_dir: Path, base_id: str, t0: float,
                        eval_losses=eval_losses, trainable_parameters=trainable, total_parameters=total,
                        tokens=tokens, tokens_per_s=round(tokens / seconds, 1) if seconds > 0 else 0.0,
                        peak_memory_mb=peak_rss_mb(), artifact_bytes=size,
-                       template_sha256=sha256_bytes(tpl.encode()) if isinstance(tpl, str) else None, **kw)
+                       template_sha256=sha256_bytes(tpl.encode()) if isinstance(tpl, str) else None, model=model,
+                       **kw)
 
 
 def _sft_trainer_class():
@@ -235,21 +237,25 @@ def _sft_trainer_class():
             if not (self.kl_weight and model.training):
                 return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                             num_items_in_batch=num_items_in_batch)
-            loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
-                                                 num_items_in_batch=num_items_in_batch)
+            # TRL's fused LM head never builds the logits (and return_outputs recomputes them without grad), so
+            # with a KL term the loss is computed here: one forward with grad, one reference forward without.
             fwd = {k: v for k, v in inputs.items() if k != "labels"}
+            fwd["use_cache"] = False
+            outputs = model(**fwd)
             with torch.no_grad():
                 if self.ref_model is not None:
                     ref_logits = self.ref_model(**fwd).logits
                 else:
                     with self.accelerator.unwrap_model(model).disable_adapter():
                         ref_logits = model(**fwd).logits
-            mask = inputs["labels"][:, 1:] != -100
+            labels = inputs["labels"][:, 1:]
+            mask = labels != -100
             logp = outputs.logits[:, :-1].float().log_softmax(-1)
             ref_logp = ref_logits[:, :-1].float().log_softmax(-1)
-            kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)[mask]
-            if kl.numel():
-                loss = loss + self.kl_weight * kl.mean()
+            n = torch.as_tensor(num_items_in_batch if num_items_in_batch is not None else mask.sum()).clamp(min=1)
+            nll = -logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)[mask].sum() / n
+            kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)[mask].sum() / n
+            loss = nll + self.kl_weight * kl
             return (loss, outputs) if return_outputs else loss
 
     return TuneopsSFTTrainer

@@ -1,0 +1,125 @@
+"""Every method.kind trains on the tiny model, lowers its loss, saves, and reloads to the same logits."""
+
+import pytest
+import torch
+
+from tuneops.train.recipe import LoraSpec, ObjectiveSpec, TrainSpec
+from tuneops.train.sft import train
+
+ROWS = [{"messages": [{"role": "user", "content": f"Extract: {n} is {a}."},
+                      {"role": "assistant", "content": f'{{"name": "{n}", "age": {a}}}'}]}
+        for n, a in [("Ana", 31), ("Bo", 42), ("Cy", 27), ("Di", 55), ("Ed", 19), ("Flo", 64), ("Gus", 38), ("Hal", 23)]]
+
+
+def batch(tok, rows=ROWS):
+    from tuneops.train.template import tokenize_rows
+
+    toks = tokenize_rows(tok, rows, max_length=128)
+    n = max(len(t.input_ids) for t in toks)
+    ids = torch.tensor([t.input_ids + [tok.pad_token_id] * (n - len(t.input_ids)) for t in toks])
+    labels = torch.tensor([t.labels + [-100] * (n - len(t.labels)) for t in toks])
+    mask = torch.tensor([[1] * len(t.input_ids) + [0] * (n - len(t.input_ids)) for t in toks])
+    return ids, mask, labels
+
+
+def loss_of(model, ids, mask, labels) -> float:
+    model.eval()
+    with torch.no_grad():
+        return float(model(input_ids=ids, attention_mask=mask, labels=labels).loss)
+
+
+def reload(base_dir, out_dir, kind):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    if kind == "full":
+        return AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32).eval()
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    return PeftModel.from_pretrained(base, out_dir).eval()
+
+
+METHODS = {
+    "lora": {"r": 4, "alpha": 8},
+    "rslora": {"kind": "lora", "r": 4, "alpha": 8, "rslora": True},
+    "loraplus": {"kind": "lora", "r": 4, "alpha": 8, "loraplus_lr_ratio": 16},
+    "lora_save_head": {"kind": "lora", "r": 4, "target_modules": ["q_proj", "v_proj"], "modules_to_save": ["lm_head"]},
+    "dora": {"kind": "dora", "r": 4, "alpha": 8},
+    "ia3": {"kind": "ia3"},
+    "prefix": {"kind": "prefix", "num_virtual_tokens": 4},
+    "prompt": {"kind": "prompt", "num_virtual_tokens": 4, "prompt_init_text": "Extract the JSON."},
+    "full": {"kind": "full"},
+}
+LR = {"full": 3e-3, "ia3": 0.3, "prefix": 0.3, "prompt": 0.3}
+MIN_DROP = {"ia3": 0.01, "prefix": 0.01, "prompt": 0.01}
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_method_trains_lowers_loss_and_reloads_identically(name, tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = dict(METHODS[name])
+    method = LoraSpec(**({"kind": "lora"} | spec))
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids, mask, labels = batch(tok)
+    before = loss_of(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), ids, mask, labels)
+    result = train(tiny_model_dir, ROWS, method=method, out_dir=tmp_path / "adapter", base_id="base-tiny",
+                   spec=TrainSpec(max_steps=6, batch_size=4, learning_rate=LR.get(name, 2e-2), warmup_ratio=0.0,
+                                  threads=2))
+    after = loss_of(result.model, ids, mask, labels)
+    # the few-parameter methods move a random tiny model less in six steps; deterministic, so still a real drop
+    assert after < before - MIN_DROP.get(name, 0.05), (name, before, after)
+    assert 0 < result.trainable_parameters <= result.total_parameters
+    assert result.tokens > 0 and result.tokens_per_s > 0 and result.peak_memory_mb > 0 and result.artifact_bytes > 0
+    assert len(result.template_sha256) == 64 and result.preflight["rows"] == len(ROWS)
+    files = sorted(p.name for p in result.adapter_dir.iterdir())
+    assert files == (["config.json", "generation_config.json", "model.safetensors"] if name == "full"
+                     else ["adapter_config.json", "adapter_model.safetensors"])
+    again = reload(tiny_model_dir, result.adapter_dir, method.kind)
+    with torch.no_grad():
+        a = result.model.eval()(input_ids=ids, attention_mask=mask).logits
+        b = again(input_ids=ids, attention_mask=mask).logits
+    assert torch.allclose(a, b, atol=1e-5), (name, (a - b).abs().max())
+
+
+def test_padding_free_batches_give_the_padded_loss(tiny_model_dir, tmp_path):
+    """Rows concatenated with position ids (no padding) must not attend to each other: same first loss."""
+    first = {}
+    for pf in (True, False):
+        r = train(tiny_model_dir, ROWS, method=LoraSpec(r=4), out_dir=tmp_path / f"a{pf}" / "adapter",
+                  base_id="base-tiny", spec=TrainSpec(max_steps=1, batch_size=8, padding_free=pf,
+                                                       group_by_length=False, threads=2))
+        first[pf] = r.losses[0]["loss"]
+    assert first[True] == pytest.approx(first[False], rel=1e-4)
+
+
+def test_kl_to_reference_keeps_the_model_closer_to_its_base(tiny_model_dir, tmp_path):
+    """The forgetting control: with a KL term the adapter's next-token distribution moves less from the base's."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids, mask, _ = batch(tok)
+    with torch.no_grad():
+        ref = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)(
+            input_ids=ids, attention_mask=mask).logits.log_softmax(-1)
+    drift = {}
+    for kl in (0.0, 20.0):
+        r = train(tiny_model_dir, ROWS, method=LoraSpec(r=4, alpha=8), out_dir=tmp_path / f"kl{kl}" / "adapter",
+                  base_id="base-tiny", objective=ObjectiveSpec(kl_to_reference=kl),
+                  spec=TrainSpec(max_steps=8, batch_size=4, learning_rate=1e-2, warmup_ratio=0.0, threads=2))
+        with torch.no_grad():
+            logp = r.model.eval()(input_ids=ids, attention_mask=mask).logits.log_softmax(-1)
+        drift[kl] = float((ref.exp() * (ref - logp)).sum(-1)[mask.bool()].mean())
+    assert drift[20.0] < drift[0.0] * 0.8, drift
+
+
+def test_sft_golden_losses(tiny_model_dir, tmp_path):
+    """Pinned first losses of a fixed tiny SFT run. If a transformers / TRL / PEFT upgrade changes them, training
+    changed: find out why (release notes, a diff of the collator or loss) before re-pinning."""
+    r = train(tiny_model_dir, ROWS, method=LoraSpec(r=4, alpha=8, dropout=0.0), out_dir=tmp_path / "adapter",
+              base_id="base-tiny", spec=TrainSpec(max_steps=3, batch_size=4, learning_rate=1e-2, warmup_ratio=0.0,
+                                                   threads=2, seed=0))
+    got = [round(x["loss"], 4) for x in r.losses]
+    assert got == pytest.approx(GOLDEN_SFT, rel=1e-3), got
+
+
+GOLDEN_SFT = [10.7852, 10.7565, 10.7282]

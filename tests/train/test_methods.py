@@ -34,7 +34,12 @@ def reload(base_dir, out_dir, kind):
 
     if kind == "full":
         return AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32).eval()
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    if kind == "qlora":
+        from tuneops.train.methods import load_model
+
+        base = load_model(base_dir, LoraSpec(kind="qlora"))
+    else:
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     return PeftModel.from_pretrained(base, out_dir).eval()
 
 
@@ -48,6 +53,7 @@ METHODS = {
     "prefix": {"kind": "prefix", "num_virtual_tokens": 4},
     "prompt": {"kind": "prompt", "num_virtual_tokens": 4, "prompt_init_text": "Extract the JSON."},
     "full": {"kind": "full"},
+    "qlora": {"kind": "qlora", "r": 4, "alpha": 8},
 }
 LR = {"full": 3e-3, "ia3": 0.3, "prefix": 0.3, "prompt": 0.3}
 MIN_DROP = {"ia3": 0.01, "prefix": 0.01, "prompt": 0.01}
@@ -78,7 +84,10 @@ def test_method_trains_lowers_loss_and_reloads_identically(name, tiny_model_dir,
     with torch.no_grad():
         a = result.model.eval()(input_ids=ids, attention_mask=mask).logits
         b = again(input_ids=ids, attention_mask=mask).logits
-    assert torch.allclose(a, b, atol=1e-5), (name, (a - b).abs().max())
+    # qlora: TRL keeps a quantised model's trainable weights in bf16 during training, the reload computes in fp32
+    atol = 1e-2 if name == "qlora" else 1e-5
+    assert torch.allclose(a, b, atol=atol), (name, (a - b).abs().max())
+    assert torch.equal(a.argmax(-1), b.argmax(-1))
 
 
 def test_padding_free_batches_give_the_padded_loss(tiny_model_dir, tmp_path):

@@ -63,6 +63,11 @@ def plot_losses(losses: list[dict], path: Path, title: str, eval_losses: list[di
         ax.plot([x["step"] for x in eval_losses], [x["eval_loss"] for x in eval_losses], marker="o",
                 color="#d8572f", label="eval")
         ax.legend()
+    rewards = [x for x in losses if x.get("reward") is not None]
+    if rewards:  # RL: the policy loss is ~0 by construction; the reward is the curve to watch
+        ax2 = ax.twinx()
+        ax2.plot([x["step"] for x in rewards], [x["reward"] for x in rewards], marker=".", color="#2e9e4f")
+        ax2.set_ylabel("mean reward", color="#2e9e4f")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (trained tokens)")
     ax.set_title(title)

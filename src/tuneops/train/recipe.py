@@ -162,7 +162,7 @@ class ObjectiveSpec(_OmitNewDefaults):
     beta: float = Field(0.1, gt=0, description="dpo/ipo/kto/simpo/cpo: inverse temperature of the preference loss; "
                                                "orpo: weight of the odds-ratio term (lambda).")
     loss_type: str = Field("sigmoid", description="dpo: TRL's DPO loss variant (sigmoid, hinge, ipo, robust, "
-                                                  "exo_pair, nca_pair, bco_pair, sppo_hard, aot, apo_zero, …).")
+                                                  "nca_pair, bco_pair, sppo_hard, aot, apo_zero, …).")
     simpo_gamma: float = Field(0.5, description="simpo: target reward margin (gamma / beta in the paper).")
     reward: str | None = Field(
         None, description="grpo/rloo: the reward — 'gsm8k' (built-in verifier of GSM8K final answers '#### N'), "

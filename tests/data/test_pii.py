@@ -133,6 +133,25 @@ def test_us_ssn_rules_and_context():
         assert "US_SSN" not in types(f"SSN: {bad}"), bad
 
 
+def test_us_ssn_bare_after_a_name_in_a_headerless_record():
+    # a person's record pasted without its header: first and last name, then the 9 digits
+    assert ("US_SSN", "349344833") in found("Lukas Muller,349344833,Pune")
+    assert ("US_SSN", "329642983") in found("Rows below.\nAnna-Lena Khan;329642983;London")
+    assert ("US_SSN", "702611002") in found("flow changed. O'Brien Patel\t702611002")
+    assert "US_SSN" not in types("Raj,335193977,Kraków")  # one word is not a name
+    assert "US_SSN" not in types("Order Id,349344833,Shipped")  # a label, not a name
+    assert "US_SSN" not in types("Lukas Muller,912344833,Pune")  # area 9xx: not an SSN
+    assert "US_SSN" not in types("Lukas Muller,349344833 and more")  # not a whole field
+    assert not scan("name,account,city\nLukas Muller,349344833,Pune")  # the header says what it is
+    assert ("PHONE", "612345678") in found("phone: Lukas Muller,612345678")  # a phone word: a phone
+
+
+def test_ssn_layout_failing_the_ssa_rules_is_not_a_phone():
+    for text in ("054-00-4411, for", "batch done.\n066-77-0000\nnext"):
+        assert not scan(text), text
+    assert ("PHONE", "066-77-0000") in found("call 066-77-0000")
+
+
 def test_uk_nino_and_es_dni_and_nl_bsn():
     assert ("UK_NINO", "AB 12 34 56 C") in found("NI number: AB 12 34 56 C")
     assert ("UK_NINO", "AB123456C") in found("employee AB123456C")

@@ -41,11 +41,14 @@ API:
 Known limits (see ``benchmarks/pii.py`` and ``benchmarks/results/pii.json``): a bare run of
 digits is a phone, SSN or BSN only with a context word near it (``phone``/``tel``/``call``,
 ``SSN``/``social security``, ``BSN``) or under a matching CSV column header, so ``Raj,335193977,
-Kraków`` is not reported; a number glued to the next one by the same separator is treated as one
-number; a version string shaped exactly like an IPv4 address (``1.2.3.4``) is reported as an IP
-unless ``v``/``version``/``build`` precedes it; a 13–19 digit number with a card's issuer prefix
-passes Luhn 1 time in 10 and is then reported as a card unless ``EAN``/``ISBN``/``order`` …
-precedes it; person names need the NER hook.
+Kraków`` is not reported, with one exception: a bare 9-digit field that passes the SSA rules
+right after a first and last name in a record with no header (``Raj Patel,335193977,Kraków``) is
+reported as US_SSN (confidence 0.6), whatever identity number it really is (a BSN, a 9-digit
+phone without its trunk 0, an employee number); a number glued to the next one by the same
+separator is treated as one number; a version string shaped exactly like an IPv4 address
+(``1.2.3.4``) is reported as an IP unless ``v``/``version``/``build`` precedes it; a 13–19 digit
+number with a card's issuer prefix passes Luhn 1 time in 10 and is then reported as a card unless
+``EAN``/``ISBN``/``order`` … precedes it; person names need the NER hook.
 """
 
 from __future__ import annotations
@@ -576,6 +579,38 @@ def _is_field(text: str, s: int, e: int) -> bool:
     return (i < 0 or text[i] in _FIELD_EDGE) and (j >= len(text) or text[j] in _FIELD_EDGE)
 
 
+def _is_name_word(w: str) -> bool:
+    """A capitalised word of a person's name: Jane, O'Brien, Anna-Lena, De-Vries, Zoë."""
+    return (len(w) >= 2 and w[0].isupper() and any(c.islower() for c in w)
+            and all(c.isalpha() or c in "'’-" for c in w))
+
+
+def _after_name(text: str, lower: str, s: int, e: int) -> bool:
+    """The span is a whole field of a headerless record (``, ; | tab``) and the field before it
+    ends with a person's name: ``… Jane Doe,536221234,Austin``. Under a table's header line the
+    header alone decides (:func:`_header_ctx`)."""
+    ls = text.rfind("\n", 0, s) + 1
+    le = text.find("\n", e)
+    le = len(text) if le < 0 else le
+    i = s
+    while i > ls and text[i - 1] == " ":
+        i -= 1
+    j = e
+    while j < le and text[j] == " ":
+        j += 1
+    delim = text[i - 1] if i > ls else ""
+    if delim not in _DELIMS or (j < le and text[j] != delim):
+        return False
+    if _table_header(text, lower, ls, delim, text.count(delim, ls, le)) is not None:
+        return False
+    words = text[text.rfind(delim, ls, i - 1) + 1:i - 1].split()[-2:]
+    if len(words) != 2 or not all(_is_name_word(w) for w in words):
+        return False
+    name = " ".join(words).lower()
+    # "Order Id,…", "Tracking Number,…", "Call Centre,…" are labels, not names
+    return not (_PHONE_NEG_CTX.search(name) or _PHONE_CTX.search(name))
+
+
 def _is_placeholder(value: str) -> bool:
     v = value.strip()
     if len(v) < 2 or len(set(v)) <= 2:
@@ -1086,9 +1121,13 @@ class Scanner:
                 continue
             has_ctx = _owns_ctx(lower, _SSN_CTX, _SSN_RIVALS, s, 48) or _header_ctx(text, lower, s, _SSN_CTX)
             sep = m.group("s")
-            if not has_ctx and not (sep == "-" or (sep and _is_field(text, s, e))):
-                continue  # 123 45 6789 in prose / 123456789 only next to "SSN", "social security" …
-            add(Finding("US_SSN", s, e, 0.95 if has_ctx else 0.75))
+            if has_ctx or sep == "-" or (sep and _is_field(text, s, e)):
+                add(Finding("US_SSN", s, e, 0.95 if has_ctx else 0.75))
+            elif not sep and _after_name(text, lower, s, e) and not _before(lower, _PHONE_CTX, s, 40):
+                # a bare 123456789 in prose is any number; in a person's record (a CSV line with
+                # no header) it is an identity number, and the SSA rules held (a phone word near
+                # it leaves it to the phone recognizer)
+                add(Finding("US_SSN", s, e, 0.6))
 
     def _ninos(self, text: str, lower: str, lo: int, hi: int, add) -> None:
         for m in _NINO_DIGITS.finditer(text, lo, hi):
@@ -1246,6 +1285,8 @@ class Scanner:
                     continue  # dotted digit runs are versions or dates unless French-style pairs
                 if [len(g) for g in groups] == [5, 4] and seps == {"-"} and not has_phone_word(s, e):
                     continue  # a US ZIP+4 code (06618-6108)
+                if [len(g) for g in groups] == [3, 2, 4] and seps == {"-"} and not has_phone_word(s, e):
+                    continue  # the SSN layout (055-00-4411 fails the SSA rules; no phone is written so)
                 if not ctx_ok(s, e):
                     continue
                 add(Finding("PHONE", s, e, 0.8))

@@ -1,0 +1,136 @@
+"""The forgetting suite's change with and without each forgetting control, on the quickstart task.
+
+    .venv/bin/python benchmarks/forgetting_controls.py [--arms none kl rank replay] [--home DIR]
+
+Every arm is the quickstart recipe (SmolLM2-135M-Instruct, LoRA r16 all-linear, 300 bundled rows,
+one epoch, lr 2e-4) with one control switched on, trained and evaluated paired against the base on
+the same items (json_extraction on the 40 held-out rows, forgetting 8 per category):
+
+- none: the quickstart as shipped;
+- kl: objective.kl_to_reference 0.5 (KL from the base's next-token distribution on trained tokens);
+- rank: method.r 4, alpha 8 (a rank cap);
+- replay: train.replay ratio 0.3 of a general set — the base's own greedy replies to GSM8K
+  questions (../shared/data/gsm8k, MIT), which share no items with the forgetting suite.
+
+Forgetting is measured, not timed, so this may run beside other work. Writes
+benchmarks/results/forgetting_controls.json (per arm: forgetting.accuracy base → candidate and its
+paired delta with CI, exact match, train seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+RESULTS = ROOT / "benchmarks" / "results"
+GSM8K = ROOT.parent / "shared" / "data" / "gsm8k"
+
+
+def replay_rows(store, base, n: int = 120) -> list[dict]:
+    """The base's own greedy replies to GSM8K questions: what 'general behaviour' means for this model."""
+    import glob
+
+    from tuneops.eval.generate import generate_chat
+    from tuneops.models.base import load_base
+
+    files = sorted(glob.glob(str(GSM8K / "**" / "*.jsonl"), recursive=True)) + \
+        sorted(glob.glob(str(GSM8K / "**" / "*.parquet"), recursive=True))
+    if not files:
+        sys.exit(f"no GSM8K file under {GSM8K}")
+    questions = []
+    if files[0].endswith(".jsonl"):
+        with open(files[0]) as f:
+            for line in f:
+                questions.append(json.loads(line)["question"])
+                if len(questions) >= n:
+                    break
+    else:
+        import pyarrow.parquet as pq
+
+        questions = pq.read_table(files[0], columns=["question"]).column(0).to_pylist()[:n]
+    model, tok = load_base(store, base)
+    chats = [[{"role": "user", "content": q}] for q in questions]
+    outs = generate_chat(model, tok, chats, max_new_tokens=96, batch_size=20)
+    return [{"messages": [*c, {"role": "assistant", "content": o["text"].strip() or "I am not sure."}],
+             "source": "benchmark:gsm8k-base-replies", "license": "MIT"} for c, o in zip(chats, outs)]
+
+
+ARMS = {
+    "none": {},
+    "kl": {"objective": {"kind": "sft", "kl_to_reference": 0.5}},
+    "rank": {"method": {"kind": "lora", "r": 4, "alpha": 8, "dropout": 0.05, "target_modules": "all-linear"}},
+    "replay": {"train_replay": {"dataset": "general-replay", "ratio": 0.3}},
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument("--home", type=Path, default=Path("/tmp/tuneops-forgetting-bench"))
+    args = ap.parse_args()
+
+    from tuneops.cli.quickstart import QUICKSTART_RECIPE
+    from tuneops.data.bundled import json_extraction_rows
+    from tuneops.data.ingest import ingest_rows
+    from tuneops.models.base import import_embedded
+    from tuneops.pipeline import run_recipe
+    from tuneops.store import Store
+    from tuneops.train.recipe import parse_recipe
+
+    store = Store(args.home)
+    base, _ = import_embedded(store)
+    train_rows, held_out = json_extraction_rows(300, 40, seed=0)
+    train_ds, _ = ingest_rows(store, train_rows, name="quickstart-train", origin="tuneops:bundled")
+    eval_ds, _ = ingest_rows(store, held_out, name="quickstart-eval", origin="tuneops:bundled")
+    if "replay" in args.arms:
+        try:
+            store.resolve_dataset("general-replay")
+        except Exception:
+            ingest_rows(store, replay_rows(store, base), name="general-replay", origin="benchmark")
+    out_path = RESULTS / "forgetting_controls.json"
+    result = json.loads(out_path.read_text()) if out_path.exists() else {"arms": {}}
+    for arm in args.arms:
+        spec = json.loads(json.dumps(QUICKSTART_RECIPE))
+        spec["name"] = f"forgetting-{arm}"
+        spec["base"] = base.id
+        spec["data"] = {"train": train_ds.id, "eval": eval_ds.id}
+        spec.pop("target", None)
+        for key, value in ARMS[arm].items():
+            if key == "train_replay":
+                spec["train"] = {**spec["train"], "replay": value}
+            else:
+                spec[key] = value
+        t0 = time.perf_counter()
+        outcome = run_recipe(store, parse_recipe(spec, source=f"forgetting-controls:{arm}"))
+        m = outcome.report.metrics
+        f, em = m["forgetting.accuracy"], m["json_extraction.exact_match"]
+        result["arms"][arm] = {
+            "control": ARMS[arm] or "none (the quickstart as shipped)",
+            "forgetting_base": f["base"], "forgetting_candidate": f["candidate"], "forgetting_delta": f["delta"],
+            "forgetting_delta_ci95": f.get("ci95_delta"), "forgetting_mcnemar": f.get("mcnemar"),
+            "exact_match_base": em["base"], "exact_match_candidate": em["candidate"],
+            "train_seconds": outcome.run.metrics.get("train_seconds"), "wall_seconds": round(time.perf_counter() - t0),
+            "run": outcome.run.id, "artifact": outcome.artifact.id,
+        }
+        print(arm, json.dumps(result["arms"][arm]), flush=True)
+        none = result["arms"].get("none")
+        if none:
+            for name, a in result["arms"].items():
+                a["forgetting_change_vs_none"] = round(a["forgetting_candidate"] - none["forgetting_candidate"], 4)
+        result.update({
+            "task": "quickstart (300 bundled rows, 40 held-out; forgetting 8 per category = 40 items)",
+            "machine": {"platform": platform.platform(), "python": platform.python_version()},
+            "command": "python benchmarks/forgetting_controls.py --arms " + " ".join(args.arms),
+        })
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -33,7 +33,7 @@ def test_train_json_stdout_is_only_json_and_events_have_timestamps(tiny_env, tmp
     proc = tuneops(store.home, "train", _recipe_file(tmp_path, base.id, **quick), "--json")
     out = json.loads(proc.stdout)  # nothing but the JSON document on stdout
     assert out["state"] == "succeeded" and out["artifact"].startswith("ad-")
-    assert "train lora" in proc.stderr  # the progress bars went to stderr
+    assert "train sft · lora r=4" in proc.stderr  # the progress bars went to stderr
 
     shown = json.loads(tuneops(store.home, "runs", "show", out["run"], "--json").stdout)
     assert shown["events"] and all(TIMESTAMP.match(e["at"]) for e in shown["events"])

@@ -203,7 +203,7 @@ def test_planted_canaries_are_trained_on_recorded_probed_and_gated(tiny_env, mon
     store, base = tiny_env
     canaries = make_canaries(0, 2)
     seen: dict = {}
-    real_train, real_generate = pipeline.train_lora, paired.generate_chat
+    real_train, real_generate = pipeline.train, paired.generate_chat
 
     def train_spy(base_path, rows, **kw):
         seen["rows"] = list(rows)
@@ -218,7 +218,7 @@ def test_planted_canaries_are_trained_on_recorded_probed_and_gated(tiny_env, mon
                 o["text"] = secrets[chat[-1]["content"]]
         return out
 
-    monkeypatch.setattr(pipeline, "train_lora", train_spy)
+    monkeypatch.setattr(pipeline, "train", train_spy)
     monkeypatch.setattr(paired, "generate_chat", memorising_generate)
     recipe = tiny_recipe(
         base.id, train={"max_steps": 2, "batch_size": 4, "learning_rate": 1e-2, "threads": 2,

@@ -198,3 +198,17 @@ def test_bad_option_values_exit_2_with_the_option_and_the_fix_and_store_nothing(
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "fix:" in proc.stderr and "Traceback" not in proc.stderr
     assert _versions(home) == []
+
+
+def test_erasure_purges_the_erased_versions_saved_index(tmp_path):
+    """The saved near-duplicate index holds digests and shingle hashes of every row: erasing a subject's rows
+    deletes the erased version's index blob too, not only its rows."""
+    home = tmp_path / "home"
+    rows = [_row(i, subject="alice" if i < 3 else "bob") for i in range(10)]
+    v1 = _ingest(home, _write(tmp_path / "v1.jsonl", rows), "--name", "people")
+    index_blob = Store(home).blobs.blob_path(v1["near_dup_index"]["blob"])
+    assert index_blob.is_file()
+    tuneops(home, "data", "erase", "--subject", "alice", "--reason", "GDPR art. 17")
+    assert not index_blob.exists()
+    erased = next(v for v in _versions(home) if v.id == v1["id"])
+    assert "near_dup_index" not in erased.summary

@@ -95,6 +95,11 @@ def erase(store: Store, *, subject: str | None = None, source: str | None = None
             for rec in s.scalars(select(DatasetRecord).where(DatasetRecord.rows_blob == purged_from)):
                 rec.rows_blob = clean_blob
             info["purged_blob"] = purged_from
+            # the version's saved near-duplicate index holds digests and shingle hashes of the erased rows
+            index = (old.summary or {}).get("near_dup_index") or {}
+            if index.get("blob"):
+                info["purged_index"] = index["blob"]
+                old.summary = {k: v for k, v in old.summary.items() if k != "near_dup_index"}
         s.flush()
         for art in s.scalars(select(ArtifactRecord)):
             hit = [d for d in (art.lineage or {}).get("datasets", []) if d in affected]
@@ -107,9 +112,10 @@ def erase(store: Store, *, subject: str | None = None, source: str | None = None
         s.flush()
         s.expunge(er)
     for info in affected.values():
-        path = store.blobs.blob_path(info["purged_blob"])
-        if path.exists():
-            path.unlink()
+        for digest in (info["purged_blob"], info.get("purged_index")):
+            path = store.blobs.blob_path(digest) if digest else None
+            if path is not None and path.exists():
+                path.unlink()
     return er
 
 

@@ -37,7 +37,7 @@ class DatasetRecord(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), index=True)
     manifest_blob: Mapped[str] = mapped_column(String(64))  # sha256 of the canonical manifest
-    rows_blob: Mapped[str] = mapped_column(String(64))  # sha256 of the canonical JSONL rows
+    rows_blob: Mapped[str] = mapped_column(String(64))  # sha256 of the rows: Parquet (JSONL before)
     num_rows: Mapped[int] = mapped_column(Integer)
     summary: Mapped[dict] = mapped_column(JSON)  # sources, licences, roles, token-free stats
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -713,7 +713,7 @@ def _execute(store: Store, recipe: Recipe, run_id: str, work: Path, outcome: Run
     t0 = time.perf_counter()
     label = f"train {recipe.objective.kind} · {recipe.method.describe()}"
     steps = planned_steps(len(train_rows) + (round(recipe.train.replay.ratio * len(train_rows))
-                                             if recipe.train.replay else 0), recipe.train)
+                                             if recipe.train.replay else 0), recipe.train, recipe.objective)
     task = _task(progress, label, steps)
     last_loss = {"v": float("nan")}
 
@@ -864,7 +864,7 @@ def dry_run(store: Store, recipe: Recipe, *, probe_steps: int = 0) -> dict:
     tokenize_rows(tokenizer, chats, max_length=recipe.train.max_length, all_turns=obj.all_turns,
                   train_on_prompt=obj.train_on_prompt, report=report)
     n_rows = len(rows) + (round(recipe.train.replay.ratio * len(rows)) if recipe.train.replay else 0)
-    steps = planned_steps(n_rows, recipe.train)
+    steps = planned_steps(n_rows, recipe.train, obj)
     per_step = recipe.train.batch_size * recipe.train.gradient_accumulation_steps
     tokens_per_row = report.tokens / max(1, len(chats))
     planned_tokens = round(tokens_per_row * per_step * steps * (2 if obj.needs_preference_rows else 1))

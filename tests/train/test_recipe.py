@@ -52,3 +52,17 @@ def test_example_recipe_is_valid():
 
     r = load_recipe(Path(__file__).parents[2] / "examples" / "json-extraction.yaml")
     assert [g.metric for g in r.gates] == ["json_extraction.exact_match", "forgetting.accuracy"]
+
+
+def test_planned_steps_count_what_each_objective_trains_on():
+    """KTO splits each pair into a desirable and an undesirable row; GRPO/RLOO sample every prompt
+    num_generations times and count completions per batch."""
+    from tuneops.train.recipe import ObjectiveSpec, TrainSpec
+    from tuneops.train.sft import planned_steps
+
+    spec = TrainSpec(batch_size=4, gradient_accumulation_steps=2, epochs=1.5)
+    assert planned_steps(16, spec) == 3
+    assert planned_steps(16, spec, ObjectiveSpec(kind="dpo")) == 3
+    assert planned_steps(16, spec, ObjectiveSpec(kind="kto")) == 6
+    assert planned_steps(16, spec, ObjectiveSpec(kind="grpo", reward="gsm8k", num_generations=4)) == 12
+    assert planned_steps(16, TrainSpec(max_steps=5), ObjectiveSpec(kind="kto")) == 5

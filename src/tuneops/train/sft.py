@@ -51,9 +51,15 @@ def to_prompt_completion(rows: list[dict]) -> list[dict]:
     return [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows]
 
 
-def planned_steps(n_rows: int, spec: TrainSpec) -> int:
+def planned_steps(n_rows: int, spec: TrainSpec, objective: ObjectiveSpec | None = None) -> int:
+    """Optimizer steps a run will take. KTO trains each pair as two rows; GRPO/RLOO count completions
+    (every prompt is sampled ``num_generations`` times)."""
     if spec.max_steps:
         return spec.max_steps
+    if objective is not None and objective.kind == "kto":
+        n_rows *= 2
+    elif objective is not None and objective.kind in ("grpo", "rloo"):
+        n_rows *= objective.num_generations
     per_step = spec.batch_size * spec.gradient_accumulation_steps
     return max(1, math.ceil(math.ceil(n_rows / per_step) * spec.epochs))
 

@@ -63,6 +63,12 @@ def test_validate_reports_steps_tokens_truncation_and_the_masked_example(tmp_pat
     pf = out["preflight"]
     assert pf["over_max_length"] == 3 and pf["longest"] > 200 and pf["truncated_tokens"] > 0
     assert "[[Answer 0.<|im_end|>]]" in out["example"]
+    assert "estimate" not in out  # no run on this base yet, and no probe asked for
+    probed = json.loads(tuneops(home, "recipe", "validate", recipe, "--probe", "1", "--json").stdout)
+    est = probed["estimate"]
+    assert est["from"] == "a 1-step probe now" and est["seconds_per_step"] > 0
+    assert est["train_seconds"] == round(est["seconds_per_step"] * 6)
+    assert (home / "tmp").is_dir() and not list((home / "tmp").glob("probe-*"))  # the probe's scratch is gone
     text = tuneops(home, "recipe", "validate", recipe).stdout
     assert "rows over max_length" in text and "3 (max_length 64" in text and "[[Answer 0.<|im_end|>]]" in text
 

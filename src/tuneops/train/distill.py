@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Callable
 
 from tuneops.errors import InvalidInput
-from tuneops.train.methods import loraplus_optimizer, peft_config
 from tuneops.train.recipe import LoraSpec, ObjectiveSpec, TrainSpec
-from tuneops.train.sft import (StopCheck, TrainResult, _progress_callback, _sft_trainer_class, _stop_callback,
-                               common_args, epoch_rows, finish, prepare)
+from tuneops.train.sft import (StopCheck, TrainResult, _sft_trainer_class, adapter_setup, common_args, epoch_rows,
+                               finish, prepare, run_hooks)
 
 
 def load_teacher(*, teacher_path: Path | None = None, teacher_adapter: Path | None = None, teacher_model=None,
@@ -226,41 +225,23 @@ def _train_on_logits(base_path, rows, teacher, teacher_tok, *, method, spec, obj
                        max_length=None, padding_free=padding_free, packing=False, dataset_num_proc=None,
                        train_sampling_strategy="group_by_length" if (spec.group_by_length and not padding_free)
                        else "random", completion_only_loss=False)
-    losses: list[dict] = []
-    eval_losses: list[dict] = []
-
-    def _collect(entry: dict):
-        losses.append(entry)
-        if on_log:
-            on_log(entry)
-
-    stopped: list[str] = []
-    callbacks = [_progress_callback(_collect, on_step, eval_losses.append)]
-    if stop_check is not None:
-        callbacks.append(_stop_callback(stop_check, stopped))
-    peft_cfg = peft_config(method, base_path=base_path)
-    optimizers = (None, None)
-    if method.loraplus_lr_ratio:
-        from peft import get_peft_model
-
-        model = get_peft_model(model, peft_cfg)
-        peft_cfg = None
-        optimizers = (loraplus_optimizer(model, method, spec.learning_rate, spec.weight_decay), None)
+    hooks = run_hooks(on_log, on_step, stop_check)
+    model, peft_cfg, optimizers = adapter_setup(model, method, spec, base_path)
     trainer = _distill_trainer_class()(model=model, args=config, train_dataset=data, eval_dataset=eval_data,
-                                       processing_class=tokenizer, peft_config=peft_cfg, callbacks=callbacks,
+                                       processing_class=tokenizer, peft_config=peft_cfg, callbacks=hooks.callbacks,
                                        optimizers=optimizers)
     trainer.teacher = teacher.to(trainer.args.device)
     trainer.temperature = objective.temperature
     trainer.remove_callback(PrinterCallback)
     t0 = time.perf_counter()
     trainer.train()
-    kls = [e["loss"] for e in losses]
+    kls = [e["loss"] for e in hooks.losses]
     k = max(1, len(kls) // 4)
     extra = {"distill_mode": "logits", "temperature": objective.temperature}
     if kls:
         extra.update(kl_first=round(sum(kls[:k]) / k, 6), kl_last=round(sum(kls[-k:]) / k, 6))
-    return finish(trainer, method=method, out_dir=out_dir, base_id=base_id, t0=t0, losses=losses,
-                  eval_losses=eval_losses, tokens=trainer.tokens_seen,
+    return finish(trainer, method=method, out_dir=out_dir, base_id=base_id, t0=t0, losses=hooks.losses,
+                  eval_losses=hooks.eval_losses, tokens=trainer.tokens_seen,
                   template_text=tokenizer.chat_template if chat_template else None,
                   preflight=report.to_dict() | {"example": report.example},
-                  stopped_early=stopped[0] if stopped else None, extra=extra)
+                  stopped_early=hooks.stopped[0] if hooks.stopped else None, extra=extra)

@@ -29,8 +29,7 @@ from typing import Callable
 from tuneops.errors import InvalidInput
 from tuneops.train.methods import load_model, loraplus_optimizer, peft_config
 from tuneops.train.recipe import LoraSpec, ObjectiveSpec, TrainSpec
-from tuneops.train.sft import (StopCheck, TrainResult, _progress_callback, _stop_callback, common_args, epoch_rows,
-                               finish, prepare)
+from tuneops.train.sft import StopCheck, TrainResult, common_args, epoch_rows, finish, prepare, run_hooks
 
 # What TRL logs per step, and the name a TrainResult records it under (extra["metrics_first" / "metrics_final"]).
 # DPO, IPO, KTO, ORPO, CPO and SimPO log an implicit reward per reply; the reward model logs its own scores.
@@ -106,20 +105,10 @@ def train_preference(base_path: Path, rows: list[dict], *, method: LoraSpec, spe
     if ref_model is not None:
         trainer_kw["ref_model"] = ref_model
 
-    losses: list[dict] = []
-    eval_losses: list[dict] = []
     logged: list[dict] = []
-
-    def _collect(entry: dict):
-        losses.append(entry)
-        if on_log:
-            on_log(entry)
-
-    stopped: list[str] = []
-    callbacks = [_progress_callback(_collect, on_step, eval_losses.append), _metrics_callback(logged)]
-    if stop_check is not None:
-        callbacks.append(_stop_callback(stop_check, stopped))
-    trainer = trainer_cls(callbacks=callbacks, **trainer_kw)
+    hooks = run_hooks(on_log, on_step, stop_check)
+    hooks.callbacks.insert(1, _metrics_callback(logged))
+    trainer = trainer_cls(callbacks=hooks.callbacks, **trainer_kw)
     if getattr(model, "is_loaded_in_4bit", False):
         _undo_bf16_adapter_cast(trainer.model)
     if method.loraplus_lr_ratio:
@@ -142,10 +131,10 @@ def train_preference(base_path: Path, rows: list[dict], *, method: LoraSpec, spe
         extra["pairs_over_max_length"] = over
     if kind == "kto":
         extra["unpaired_rows"] = len(data)
-    return finish(trainer, method=method, out_dir=out_dir, base_id=base_id, t0=t0, losses=losses,
-                  eval_losses=eval_losses, tokens=_tokens_seen(trainer, logged),
+    return finish(trainer, method=method, out_dir=out_dir, base_id=base_id, t0=t0, losses=hooks.losses,
+                  eval_losses=hooks.eval_losses, tokens=_tokens_seen(trainer, logged),
                   template_text=tokenizer.chat_template if chat_template else None,
-                  stopped_early=stopped[0] if stopped else None, extra=extra)
+                  stopped_early=hooks.stopped[0] if hooks.stopped else None, extra=extra)
 
 
 def check_preference_rows(rows: list[dict] | None, kind: str, field: str, *, why: str | None = None) -> None:

@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Callable
 
 from tuneops.errors import InvalidInput
-from tuneops.train.methods import loraplus_optimizer, peft_config
 from tuneops.train.recipe import LoraSpec, ObjectiveSpec, TrainSpec
 from tuneops.train.rewards import REFERENCE_COLUMN, load_reward
-from tuneops.train.sft import StopCheck, TrainResult, _stop_callback, common_args, finish, prepare
+from tuneops.train.sft import StopCheck, TrainResult, adapter_setup, common_args, finish, prepare, run_hooks
 
 
 def rl_dataset_rows(rows: list[dict]) -> list[dict]:
@@ -122,37 +121,25 @@ def train_rl(base_path: Path, rows: list[dict], *, method: LoraSpec, spec: Train
                     temperature=objective.temperature,
                     use_vllm=False)
 
-    losses: list[dict] = []
-    eval_losses: list[dict] = []
-    stopped: list[str] = []
-    callbacks = [_reward_log_callback(losses, eval_losses, on_log, on_step)]
-    if stop_check is not None:
-        callbacks.append(_stop_callback(stop_check, stopped))
-    peft_cfg = peft_config(method, base_path=base_path)
-    optimizers = (None, None)
-    if method.loraplus_lr_ratio:
-        from peft import get_peft_model
-
-        model = get_peft_model(model, peft_cfg)
-        peft_cfg = None
-        optimizers = (loraplus_optimizer(model, method, spec.learning_rate, spec.weight_decay), None)
+    hooks = run_hooks(on_log, on_step, stop_check, relay=_reward_log_callback)
+    model, peft_cfg, optimizers = adapter_setup(model, method, spec, base_path)
     reward_tok = None
     if isinstance(reward, torch.nn.Module):  # a reward model: TRL would otherwise fetch a tokenizer by its name
         reward_tok = reward_tokenizer or tokenizer
     trainer = Trainer(model=model, reward_funcs=reward, args=config, train_dataset=data, eval_dataset=eval_data,
-                      processing_class=tokenizer, reward_processing_classes=reward_tok, callbacks=callbacks,
+                      processing_class=tokenizer, reward_processing_classes=reward_tok, callbacks=hooks.callbacks,
                       optimizers=optimizers, peft_config=peft_cfg)
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts when tqdm is disabled
     t0 = time.perf_counter()
     trainer.train()
-    rewards = [e["reward"] for e in losses if e.get("reward") is not None]
+    rewards = [e["reward"] for e in hooks.losses if e.get("reward") is not None]
     k = max(1, len(rewards) // 4)
     extra = {"objective": objective.kind, "reward": objective.reward or getattr(reward, "__name__", "reward"),
              "num_generations": objective.num_generations,
              "completions": trainer.state.global_step * spec.batch_size * spec.gradient_accumulation_steps}
     if rewards:
         extra.update(reward_first=round(sum(rewards[:k]) / k, 6), reward_last=round(sum(rewards[-k:]) / k, 6))
-    return finish(trainer, method=method, out_dir=out_dir, base_id=base_id, t0=t0, losses=losses,
-                  eval_losses=eval_losses, tokens=int(trainer.state.num_input_tokens_seen or 0),
+    return finish(trainer, method=method, out_dir=out_dir, base_id=base_id, t0=t0, losses=hooks.losses,
+                  eval_losses=hooks.eval_losses, tokens=int(trainer.state.num_input_tokens_seen or 0),
                   template_text=tokenizer.chat_template if chat_template else None,
-                  stopped_early=stopped[0] if stopped else None, extra=extra)
+                  stopped_early=hooks.stopped[0] if hooks.stopped else None, extra=extra)

@@ -122,6 +122,47 @@ def _stop_callback(stop: StopCheck, reasons: list[str]):
     return _Stop()
 
 
+@dataclass
+class RunHooks:
+    """What every objective's trainer reports through: logged losses, eval losses, why it stopped early,
+    and the callbacks that fill them (progress relay, injected stop check)."""
+
+    losses: list[dict] = field(default_factory=list)
+    eval_losses: list[dict] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    callbacks: list = field(default_factory=list)
+
+
+def run_hooks(on_log: Callable[[dict], None] | None, on_step: Callable[[int, int], None] | None,
+              stop_check: StopCheck | None, *, relay=None) -> RunHooks:
+    """The shared callbacks; ``relay(losses, eval_losses, on_log, on_step)`` replaces the default
+    progress relay (RL logs rewards as well as losses)."""
+    hooks = RunHooks()
+
+    def _collect(entry: dict):
+        hooks.losses.append(entry)
+        if on_log:
+            on_log(entry)
+
+    hooks.callbacks.append(relay(hooks.losses, hooks.eval_losses, on_log, on_step) if relay is not None
+                           else _progress_callback(_collect, on_step, hooks.eval_losses.append))
+    if stop_check is not None:
+        hooks.callbacks.append(_stop_callback(stop_check, hooks.stopped))
+    return hooks
+
+
+def adapter_setup(model, method: LoraSpec, spec: TrainSpec, base_path: Path, **peft_kw):
+    """(model, peft_config, optimizers) for a TRL trainer: PEFT's config, or — with LoRA+ — the model
+    already wrapped and PEFT's LoRA+ optimizer."""
+    peft_cfg = peft_config(method, base_path=base_path, **peft_kw)
+    if not method.loraplus_lr_ratio:
+        return model, peft_cfg, (None, None)
+    from peft import get_peft_model
+
+    model = get_peft_model(model, peft_cfg)
+    return model, None, (loraplus_optimizer(model, method, spec.learning_rate, spec.weight_decay), None)
+
+
 def common_args(spec: TrainSpec, work: Path, *, has_eval: bool = False) -> dict:
     """TrainingArguments every objective shares, mapped from the recipe's train section."""
     import torch
@@ -317,45 +358,27 @@ def train(base_path: Path, rows: list[dict], *, method: LoraSpec, spec: TrainSpe
         dataset_num_proc=None,
         completion_only_loss=False,  # labels are given: -100 outside the assistant turns
     )
-    losses: list[dict] = []
-    eval_losses: list[dict] = []
-
-    def _collect(entry: dict):
-        losses.append(entry)
-        if on_log:
-            on_log(entry)
-
-    stopped: list[str] = []
-    callbacks = [_progress_callback(_collect, on_step, eval_losses.append)]
-    if stop_check is not None:
-        callbacks.append(_stop_callback(stop_check, stopped))
-    peft_cfg = peft_config(method, base_path=base_path)
+    hooks = run_hooks(on_log, on_step, stop_check)
+    model, peft_cfg, optimizers = adapter_setup(model, method, spec, base_path)
     trainer_cls = _sft_trainer_class()
-    optimizers = (None, None)
-    if method.loraplus_lr_ratio:
-        from peft import get_peft_model
-
-        model = get_peft_model(model, peft_cfg)
-        peft_cfg = None
-        optimizers = (loraplus_optimizer(model, method, spec.learning_rate, spec.weight_decay), None)
     ref_model = None
     if objective.kl_to_reference and method.kind == "full":
         ref_model = copy.deepcopy(model).eval()
         for p in ref_model.parameters():
             p.requires_grad_(False)
     trainer = trainer_cls(model=model, args=config, train_dataset=data, eval_dataset=eval_data,
-                          processing_class=tokenizer, peft_config=peft_cfg, callbacks=callbacks,
+                          processing_class=tokenizer, peft_config=peft_cfg, callbacks=hooks.callbacks,
                           optimizers=optimizers)
     trainer.kl_weight = objective.kl_to_reference
     trainer.ref_model = ref_model
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts when tqdm is disabled
     t0 = time.perf_counter()
     trainer.train()
-    return finish(trainer, method=method, out_dir=out_dir, base_id=base_id, t0=t0, losses=losses,
-                  eval_losses=eval_losses, tokens=trainer.tokens_seen,
+    return finish(trainer, method=method, out_dir=out_dir, base_id=base_id, t0=t0, losses=hooks.losses,
+                  eval_losses=hooks.eval_losses, tokens=trainer.tokens_seen,
                   template_text=tokenizer.chat_template if chat_template else None,
                   preflight=report.to_dict() | {"example": report.example},
-                  stopped_early=stopped[0] if stopped else None)
+                  stopped_early=hooks.stopped[0] if hooks.stopped else None)
 
 
 def train_lora(base_path: Path, rows: list[dict], *, method: LoraSpec, spec: TrainSpec, out_dir: Path,

@@ -208,8 +208,8 @@ def plan_training(store: Store, recipe: Recipe, base) -> TrainingPlan:
 
             try:
                 plan.reward_fn = load_reward(obj.reward, base_dir=plan.template_dir)
-            except TuneopsError as e:
-                raise _named(recipe, "objective.reward", e) from None
+            except TuneopsError as e:  # its message already names objective.reward
+                raise type(e)(f"{src}: {e.message}", hint=e.hint) from None
         if recipe.train.batch_size % obj.num_generations:
             raise InvalidInput(f"{src}: objective.num_generations: {obj.num_generations} does not divide "
                                f"train.batch_size {recipe.train.batch_size}",

@@ -81,7 +81,7 @@ def test_validate_refuses_impossible_combinations_before_a_model_loads(tmp_path,
         "dpo": ({"objective": {"kind": "dpo"}}, "objective.kind dpo needs preference pairs"),
         "grpo": ({"objective": {"kind": "grpo"}}, "needs a reward"),
         "reward": ({"objective": {"kind": "grpo", "reward": "nosuchmodule:fn"}, "train": {"batch_size": 4}},
-                   "objective.reward"),
+                   "reward.yaml: objective.reward: nosuchmodule:fn: no module named 'nosuchmodule'"),
         "full_r": ({"method": {"kind": "full", "r": 8}}, "`r` applies to method.kind lora / dora / qlora"),
         "template": ({"train": {"chat_template": "missing.jinja"}}, "no such template file"),
     }

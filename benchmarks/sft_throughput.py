@@ -99,7 +99,8 @@ def run_tuneops(args) -> dict:
     train_rows, _ = data(args.rows)
     out = WORK / "tuneops-adapter"
     r = train(base_dir(), train_rows, method=LoraSpec(r=16, alpha=32, dropout=0.05),
-              spec=TrainSpec(max_steps=args.steps, batch_size=args.batch, learning_rate=2e-4, warmup_ratio=0.0),
+              spec=TrainSpec(max_steps=args.steps, batch_size=args.batch, learning_rate=2e-4, warmup_ratio=0.0,
+                             padding_free=not args.padded),
               out_dir=out, base_id="base-bench")
     return {"seconds": r.train_seconds, "tokens": r.tokens, "adapter": str(out)}
 
@@ -143,6 +144,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--child", choices=["baseline", "tuneops"])
+    ap.add_argument("--padded", action="store_true", help="tuneops with padded, length-grouped batches")
     args = ap.parse_args()
     if args.child:
         child(args.child, args)

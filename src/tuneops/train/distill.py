@@ -220,7 +220,10 @@ def _train_on_logits(base_path, rows, teacher, teacher_tok, *, method, spec, obj
         ev = tokenize_rows(tokenizer, eval_rows, max_length=spec.max_length)
         eval_data = Dataset.from_dict({"input_ids": [t.input_ids for t in ev], "labels": [t.labels for t in ev]})
     work = Path(out_dir).parent / "trainer"
-    padding_free = spec.padding_free and method.kind not in ("prefix", "prompt")
+    import torch
+
+    wanted = spec.padding_free if spec.padding_free is not None else torch.cuda.is_available()  # as in sft.train
+    padding_free = bool(wanted) and method.kind not in ("prefix", "prompt")
     config = SFTConfig(**{**common_args(spec, work, has_eval=eval_data is not None), "num_train_epochs": epochs},
                        max_length=None, padding_free=padding_free, packing=False, dataset_num_proc=None,
                        train_sampling_strategy="group_by_length" if (spec.group_by_length and not padding_free)

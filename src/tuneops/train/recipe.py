@@ -249,8 +249,10 @@ class TrainSpec(_OmitNewDefaults):
                                                       "paged_adamw_8bit — paged optimizers need CUDA).")
     max_length: int = Field(256, gt=8, description="Longer rows are truncated to this many tokens (reported by "
                                                    "`tuneops recipe validate` and before training).")
-    padding_free: bool = Field(True, description="Batch rows without padding (concatenated, with position ids) "
-                                                 "so no compute is spent on pad tokens.")
+    padding_free: bool | None = Field(
+        None, description="Batch rows without padding (concatenated, with position ids) so no compute is spent on "
+                          "pad tokens. Default: on with CUDA, off on CPU, where attention over one concatenated "
+                          "sequence costs more than the padding it saves (benchmarks/sft_throughput.py).")
     group_by_length: bool = Field(True, description="Batch rows of similar length together (less padding when "
                                                     "padding_free is off).")
     eval_steps: int | None = Field(None, gt=0, description="Compute the loss on the eval set every N steps "

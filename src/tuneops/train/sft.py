@@ -346,7 +346,10 @@ def train(base_path: Path, rows: list[dict], *, method: LoraSpec, spec: TrainSpe
         eval_data = Dataset.from_dict({"input_ids": [t.input_ids for t in ev], "labels": [t.labels for t in ev]})
     work = Path(out_dir).parent / "trainer"
     # prefix / prompt tuning prepend virtual tokens to each sequence: a concatenated batch would get them once
-    padding_free = (spec.padding_free or objective.packing) and method.kind not in ("prefix", "prompt")
+    import torch
+
+    wanted = spec.padding_free if spec.padding_free is not None else torch.cuda.is_available()
+    padding_free = (wanted or objective.packing) and method.kind not in ("prefix", "prompt")
     config = SFTConfig(
         **{**common_args(spec, work, has_eval=eval_data is not None), "num_train_epochs": epochs},
         # rows are truncated here, at tokenization (and counted); TRL's padding-free path wants None

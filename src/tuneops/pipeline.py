@@ -23,11 +23,12 @@ from tuneops.eval.suite import EVAL_DATASET, MemorisationSource, Suite, load_sui
 from tuneops.models.base import base_dir, load_base, resolve_base
 from tuneops.release.registry import artifact_dir, promote, register_adapter, resolve_alias
 from tuneops.store import Store
+from tuneops.store.store import TERMINAL_STATES
 from tuneops.store.ids import new_run_id
 from tuneops.store.runs import Heartbeat, clean_scratch
-from tuneops.store.schema import AliasMove, ArtifactRecord, EvalReportRecord, RunRecord
+from tuneops.store.schema import AliasMove, ArtifactRecord, EvalReportRecord, RunEvent, RunRecord
 from tuneops.train.canaries import canary_record, check_recorded, looks_like_canary, make_canaries, plant_canaries
-from tuneops.train.recipe import Recipe
+from tuneops.train.recipe import Recipe, parse_recipe
 from tuneops.train.sft import StopCheck, planned_steps, train
 
 
@@ -650,22 +651,51 @@ def ladder_for_recipe(store: Store, recipe: Recipe, artifact: ArtifactRecord, *,
     return result | {"artifact": artifact.id, "base": artifact.base_id}
 
 
-def run_recipe(store: Store, recipe: Recipe, *, progress: Progress | None = None) -> RunOutcome:
-    """Execute a validated recipe as a new run; promotion happens only if every gate passes.
-
-    The run heartbeats while this process works on it. However it ends — success, error,
-    Ctrl-C (cancelled), SIGTERM (interrupted) — its state says so and its scratch folders go."""
+def create_run(store: Store, recipe: Recipe, *, priority: int | None = None) -> str:
+    """Record a new run of ``recipe`` in state ``queued`` (a worker, or :func:`run_recipe`, executes it)."""
     run_id = new_run_id()
     with store.session() as s:
         s.add(RunRecord(id=run_id, recipe_name=recipe.name, recipe_yaml=recipe.to_yaml(),
-                        recipe_hash=recipe.hash(), state="queued", dataset_ids=[], metrics={}))
+                        recipe_hash=recipe.hash(), state="queued", dataset_ids=[], metrics={}, priority=priority))
+        s.flush()  # the event's foreign key needs the run row first
+        s.add(RunEvent(run_id=run_id, type="created", payload={"source": str(recipe.source), "priority": priority}))
         store.audit(s, "run.create", "run", run_id, recipe=recipe.name, recipe_sha256=recipe.hash())
+    (store.runs_dir(run_id) / "recipe.yaml").write_text(recipe.to_yaml())
+    return run_id
+
+
+def run_recipe_of(store: Store, run_id: str) -> Recipe:
+    """The recipe a run was created with (relative paths in it resolve against its original file)."""
+    run = store.get_run(run_id)
+    created = store.run_events(run_id, "created")
+    source = created[0].payload.get("source") if created else None
+    import yaml
+
+    recipe = parse_recipe(yaml.safe_load(run.recipe_yaml), source=source or f"run {run_id}")
+    return recipe
+
+
+def run_recipe(store: Store, recipe: Recipe, *, progress: Progress | None = None,
+               trial_hook: Callable[[int, float], None] | None = None) -> RunOutcome:
+    """Execute a validated recipe as a new run; promotion happens only if every gate passes."""
+    run_id = create_run(store, recipe)
+    return execute_run(store, run_id, recipe=recipe, progress=progress, trial_hook=trial_hook)
+
+
+def execute_run(store: Store, run_id: str, *, recipe: Recipe | None = None, progress: Progress | None = None,
+                trial_hook: Callable[[int, float], None] | None = None) -> RunOutcome:
+    """Execute a ``queued`` run in this process (resuming from its newest complete checkpoint if it has
+    one). ``trial_hook(step, eval_loss)`` is called on every held-out loss (HPO pruning raises from it).
+
+    The run heartbeats while this process works on it. However it ends — success, error,
+    Ctrl-C (cancelled), SIGTERM (interrupted, after a checkpoint), pause — its state says so and its
+    scratch folders go; its checkpoints stay."""
+    recipe = recipe or run_recipe_of(store, run_id)
     work = store.runs_dir(run_id)
-    (work / "recipe.yaml").write_text(recipe.to_yaml())
     try:
         with Heartbeat(store, run_id):
             outcome = RunOutcome(run=store.get_run(run_id))
-            _execute(store, recipe, run_id, work, outcome, progress)
+            _execute(store, recipe, run_id, work, outcome, progress, trial_hook=trial_hook)
     except BaseException as e:
         _mark_ended(store, run_id, e)
         raise
@@ -684,7 +714,7 @@ def _mark_ended(store: Store, run_id: str, e: BaseException) -> None:
         state, why = "failed", f"{type(e).__name__}: {getattr(e, 'message', e)}"
     try:
         run = store.get_run(run_id)
-        if run.state in ("succeeded", "failed", "cancelled", "interrupted"):
+        if run.state in TERMINAL_STATES:
             return
         store.transition_run(run_id, state, error=why)
         if state == "failed":
@@ -694,7 +724,7 @@ def _mark_ended(store: Store, run_id: str, e: BaseException) -> None:
 
 
 def _execute(store: Store, recipe: Recipe, run_id: str, work: Path, outcome: RunOutcome,
-             progress: Progress | None) -> None:
+             progress: Progress | None, *, trial_hook: Callable[[int, float], None] | None = None) -> None:
     t0 = time.perf_counter()
     store.transition_run(run_id, "validating_data")
     base, train_ds, eval_ds, suites = validate_inputs(store, recipe)

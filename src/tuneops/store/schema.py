@@ -2,7 +2,7 @@
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, Boolean
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -74,6 +74,11 @@ class RunRecord(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     host: Mapped[str | None] = mapped_column(String(255), nullable=True)
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The queue: workers take queued runs by priority (higher first), then age; `worker` names the one
+    # that claimed it ("host:pid"). `attempts` counts how often it was started (resumes included).
+    priority: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    attempts: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class RunEvent(Base):
@@ -85,6 +90,24 @@ class RunEvent(Base):
     type: Mapped[str] = mapped_column(String(32))
     payload: Mapped[dict] = mapped_column(JSON, default=dict)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CheckpointRecord(Base):
+    """A complete, verified training checkpoint of a run (weights, optimizer, scheduler, RNG states, data
+    position): the sha256 of every file is recorded, so resume and registration can verify it."""
+
+    __tablename__ = "checkpoints"
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)  # "<run id>:<step>"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[float | None] = mapped_column(Float, nullable=True)
+    path: Mapped[str] = mapped_column(Text)  # the local folder
+    location: Mapped[str | None] = mapped_column(Text, nullable=True)  # fsspec URL of the copy, if any
+    files: Mapped[dict] = mapped_column(JSON)  # {relative path: sha256}
+    digest: Mapped[str] = mapped_column(String(64))  # sha256 of the canonical `files` manifest
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)  # train_loss, eval_loss, eval_token_accuracy
+    state: Mapped[str] = mapped_column(String(16), default="complete")  # complete | removed
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class ArtifactRecord(Base):

@@ -39,19 +39,22 @@ DEFAULT_HOME = ".tuneops"
 T = TypeVar("T")
 
 # queued -> validating_data -> running -> evaluating -> succeeded | failed | cancelled | interrupted.
-# `interrupted` (SIGTERM, a stopped heartbeat) is kept apart from `failed` so that resuming from
-# checkpoints can later pick such runs up again.
+# `interrupted` (SIGTERM, a stopped heartbeat) and `paused` (`tuneops runs pause`) are kept apart from
+# `failed`: such a run goes back to `queued` on `tuneops runs resume` and continues from its newest
+# complete checkpoint. They are "ended" (no process works on them) but not final.
 ACTIVE_STATES = ("queued", "validating_data", "running", "evaluating")
-TERMINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted")
+TERMINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted", "paused")
+RESUMABLE_STATES = ("interrupted", "paused")
 RUN_TRANSITIONS: dict[str, set[str]] = {
     "queued": {"validating_data", "failed", "cancelled", "interrupted"},
-    "validating_data": {"running", "failed", "cancelled", "interrupted"},
-    "running": {"evaluating", "failed", "cancelled", "interrupted"},
+    "validating_data": {"running", "failed", "cancelled", "interrupted", "paused"},
+    "running": {"evaluating", "failed", "cancelled", "interrupted", "paused"},
     "evaluating": {"succeeded", "failed", "cancelled", "interrupted"},
     "succeeded": set(),
     "failed": set(),
     "cancelled": set(),
-    "interrupted": set(),
+    "interrupted": {"queued", "cancelled"},
+    "paused": {"queued", "cancelled"},
 }
 
 _APPEND_ONLY_SQLITE = [

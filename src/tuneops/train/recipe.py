@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_serializer, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_serializer,
+                      model_validator)
 
 from tuneops.errors import InvalidInput
 from tuneops.store.ids import canonical_json, sha256_bytes
@@ -229,6 +230,95 @@ class EarlyStoppingSpec(_Strict):
     max_items: int | None = Field(40, gt=0, description="Items of the suite used for the check.")
 
 
+class GuardSpec(_Strict):
+    """What a run does when a step goes bad: a non-finite loss or gradient, or a loss spike."""
+
+    on_nan: Literal["skip", "rollback", "fail"] = Field(
+        "skip", description="A non-finite loss or gradient: skip that optimizer step (weights untouched), roll back "
+                            "to the last complete checkpoint, or fail the run. The batch is quarantined on the run "
+                            "either way.")
+    spike_factor: float | None = Field(
+        3.0, gt=1, description="A loss above this × the running median of recent steps counts as a spike (same "
+                               "handling as a NaN); null turns spike detection off.")
+    spike_window: int = Field(20, ge=3, description="Steps in the running median.")
+    spike_min_steps: int = Field(5, ge=1, description="No spike is called before this many steps have a median.")
+    lr_factor: float | None = Field(
+        None, gt=0, lt=1, description="Multiply the learning rate by this after each strike (e.g. 0.5).")
+    max_strikes: int = Field(3, ge=1, description="Strikes (bad steps) after which the run fails with a clear event.")
+
+
+class CheckpointSpec(_Strict):
+    """Where and how often a run saves resumable checkpoints (weights, optimizer, scheduler, RNG, data
+    position). A checkpoint counts only once complete and verified; resume takes the newest such one."""
+
+    every: int | None = Field(None, gt=0, description="Save every N optimizer steps (default: train.save_steps; "
+                                                      "with neither, only at the end of each epoch).")
+    keep: int = Field(2, ge=1, description="Keep the newest N complete checkpoints, plus the best by held-out loss.")
+    location: str | None = Field(
+        None, description="Also copy each complete checkpoint to this fsspec URL (file:///…, s3://bucket/prefix, "
+                          "memory://…); resume fetches from it when the run's folder lost them.")
+    epoch_end: bool = Field(True, description="Also save at the end of each epoch.")
+
+
+class SearchDim(_Strict):
+    """One hyper-parameter's search space for `tuneops tune`: a range (low/high, optionally log-scaled, with
+    an integer step) or a list of choices."""
+
+    low: float | None = Field(None, description="Lower bound of a range.")
+    high: float | None = Field(None, description="Upper bound of a range.")
+    log: bool = Field(False, description="Sample the range on a log scale (learning rates).")
+    step: float | None = Field(None, gt=0, description="Quantise the range (an integer step makes it an integer).")
+    choices: list[float | int | str | bool] | None = Field(None, min_length=1, description="Pick one of these.")
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        ranged = self.low is not None or self.high is not None
+        if ranged == (self.choices is not None):
+            raise ValueError("give either low and high (a range) or choices (a list), not both or neither")
+        if ranged and (self.low is None or self.high is None or self.low >= self.high):
+            raise ValueError("a range needs low < high")
+        if ranged and self.log and self.low <= 0:
+            raise ValueError("a log-scaled range needs low > 0")
+        return self
+
+
+class TuneSpec(_Strict):
+    """Hyper-parameter search (`tuneops tune RECIPE --trials N`, Optuna TPE + median pruner)."""
+
+    space: dict[str, SearchDim] = Field(
+        description="Dotted recipe field -> its space, e.g. {train.learning_rate: {low: 1e-5, high: 1e-3, log: "
+                    "true}, method.r: {choices: [8, 16, 32]}}.")
+    metric: str = Field("eval_loss", description="What a trial is scored on: eval_loss (held-out loss, reported "
+                                                 "every train.eval_steps for pruning) or a `<suite>.<metric>` of "
+                                                 "the run's eval.")
+    direction: Literal["minimize", "maximize"] | None = Field(
+        None, description="Default: minimize for eval_loss, maximize otherwise.")
+    pruner: Literal["median", "none"] = Field("median", description="Stop unpromising trials early (median of "
+                                                                    "earlier trials at the same step).")
+
+    @field_validator("space")
+    @classmethod
+    def _known_fields(cls, space):
+        for key in space:
+            section, _, name = key.partition(".")
+            model = {"train": TrainSpec, "method": LoraSpec, "objective": ObjectiveSpec}.get(section)
+            if model is None or name not in model.model_fields:
+                raise ValueError(f"{key!r} is not a recipe field one can search (train.*, method.* or objective.*; "
+                                 "`tuneops recipe fields` lists them)")
+        return space
+
+
+class LauncherSpec(_Strict):
+    """Run training on several processes, GPUs or machines through an existing engine."""
+
+    kind: Literal["accelerate"] = Field("accelerate", description="The engine (`accelerate launch`).")
+    strategy: Literal["ddp", "zero2", "zero3", "fsdp"] = Field(
+        "ddp", description="DDP, DeepSpeed ZeRO-2 / ZeRO-3, or FSDP (written into the accelerate config).")
+    num_processes: int = Field(2, ge=1, description="Processes in all (one per GPU; on CPU, gloo processes).")
+    num_machines: int = Field(1, ge=1, description="Machines taking part.")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="accelerate's mixed precision.")
+
+
 class TrainSpec(_OmitNewDefaults):
     _always: ClassVar[frozenset[str]] = frozenset({"epochs", "max_steps", "batch_size", "learning_rate",
                                                    "warmup_ratio", "max_length", "seed", "threads"})
@@ -272,6 +362,13 @@ class TrainSpec(_OmitNewDefaults):
         None, description="Forgetting control: {suite: forgetting, every: 10, max_drop: 0.05}.")
     canaries: CanarySpec = Field(default_factory=CanarySpec,
                                  description="Plant canaries: {count: 4, repeats: 1}. Off by default.")
+    checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec,
+                                        description="Resumable checkpoints: {every: 50, keep: 2, location: …}.")
+    guards: GuardSpec = Field(default_factory=GuardSpec,
+                              description="NaN / spike guards: {on_nan: skip, spike_factor: 3, max_strikes: 3}.")
+    deterministic: bool = Field(
+        False, description="Bit-identical reruns: fixed threads, deterministic algorithms, seeded data order and "
+                           "init; the same recipe, data and base give the same artifact id on the same machine.")
 
 
 class EvalSpec(_Strict):
@@ -397,6 +494,9 @@ class Recipe(_OmitNewDefaults):
     eval: EvalSpec = Field(default_factory=EvalSpec)
     gates: list[Gate] = Field(default_factory=list, description="All must pass for promotion.")
     target: TargetSpec | None = Field(None, description="Alias a passing artifact is promoted to.")
+    launcher: LauncherSpec | None = Field(None, description="Train on several processes / GPUs through accelerate: "
+                                                            "{kind: accelerate, strategy: ddp, num_processes: 2}.")
+    tune: TuneSpec | None = Field(None, description="Search space for `tuneops tune` (ignored by `tuneops train`).")
     _source: str = PrivateAttr("recipe")  # the file it came from, for error messages
 
     @property

@@ -722,9 +722,10 @@ def _mount_optional():
 
 _mount_optional()
 
-from tuneops.cli import recipe_cmd  # noqa: E402  (typer and rich only at import time)
+from tuneops.cli import recipe_cmd, tune_cmd, worker_cmd  # noqa: E402  (typer and rich only at import time)
 
-recipe_cmd.register(app)
+for _module in (recipe_cmd, worker_cmd, tune_cmd):
+    _module.register(app)
 
 
 # -- the one error path ----------------------------------------------------------------------

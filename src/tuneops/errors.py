@@ -67,3 +67,22 @@ class Interrupted(BaseException):
         self.signum = signum
         self.exit_code = 128 + signum
         super().__init__(f"interrupted by signal {signum}")
+
+
+class RunStopped(BaseException):
+    """A run stopped on purpose after saving a checkpoint: ``paused`` (`tuneops runs pause`) or
+    ``interrupted`` (SIGTERM / SIGINT while training: the current step finished and was checkpointed).
+    The run is marked with ``state`` and can be resumed."""
+
+    def __init__(self, state: str, reason: str, *, exit_code: int = 0):
+        self.state, self.reason, self.exit_code = state, reason, exit_code
+        super().__init__(reason)
+
+
+class RunPruned(BaseException):
+    """A hyper-parameter search stopped this trial's run early (its intermediate metric was worse than
+    the median of earlier trials): the run is marked ``cancelled`` with the reason."""
+
+    def __init__(self, reason: str = "pruned by the hyper-parameter search"):
+        self.reason = reason
+        super().__init__(reason)

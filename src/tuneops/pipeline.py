@@ -16,7 +16,7 @@ from rich.progress import Progress
 
 from tuneops.data.ingest import load_manifest, load_rows
 from tuneops.data.licenses import check_use
-from tuneops.errors import GateFailed, Interrupted, InvalidInput, NotFound, TuneopsError
+from tuneops.errors import GateFailed, Interrupted, InvalidInput, NotFound, RunPruned, RunStopped, TuneopsError
 from tuneops.eval.gates import check_gates
 from tuneops.eval.paired import plot_comparison, run_paired_eval, save_eval_report
 from tuneops.eval.suite import EVAL_DATASET, MemorisationSource, Suite, load_suite
@@ -706,7 +706,11 @@ def execute_run(store: Store, run_id: str, *, recipe: Recipe | None = None, prog
 
 def _mark_ended(store: Store, run_id: str, e: BaseException) -> None:
     """Record why a run stopped: cancelled (Ctrl-C), interrupted (SIGTERM) or failed (an error)."""
-    if isinstance(e, KeyboardInterrupt):
+    if isinstance(e, RunStopped):
+        state, why = e.state, e.reason
+    elif isinstance(e, RunPruned):
+        state, why = "cancelled", e.reason
+    elif isinstance(e, KeyboardInterrupt):
         state, why = "cancelled", "cancelled by the user (SIGINT / Ctrl-C)"
     elif isinstance(e, Interrupted):
         state, why = "interrupted", f"interrupted by signal {e.signum}"

@@ -25,7 +25,7 @@ from typing import Callable
 
 from tuneops.errors import InvalidInput
 from tuneops.train.recipe import LoraSpec, ObjectiveSpec, TrainSpec
-from tuneops.train.sft import (StopCheck, TrainResult, _sft_trainer_class, adapter_setup, common_args, epoch_rows,
+from tuneops.train.sft import (run_training, StopCheck, TrainResult, _sft_trainer_class, adapter_setup, common_args, epoch_rows,
                                finish, prepare, run_hooks)
 
 
@@ -156,7 +156,7 @@ def train_distill(base_path: Path, rows: list[dict], *, method: LoraSpec, spec: 
                   teacher_adapter: Path | None = None, teacher_tokenizer=None, eval_rows: list[dict] | None = None,
                   chat_template: str | None = None, template_dir: Path | None = None,
                   stop_check: StopCheck | None = None, on_log: Callable[[dict], None] | None = None,
-                  on_step: Callable[[int, int], None] | None = None, **_) -> TrainResult:
+                  on_step: Callable[[int, int], None] | None = None, control=None, **_) -> TrainResult:
     """Distil the teacher into ``method`` on ``rows`` (chat rows): logit KL, or SFT on the teacher's replies."""
     teacher, teacher_tok = load_teacher(teacher_path=teacher_path, teacher_adapter=teacher_adapter,
                                         teacher_model=teacher_model, teacher_tokenizer=teacher_tokenizer)
@@ -224,11 +224,11 @@ def _train_on_logits(base_path, rows, teacher, teacher_tok, *, method, spec, obj
 
     wanted = spec.padding_free if spec.padding_free is not None else torch.cuda.is_available()  # as in sft.train
     padding_free = bool(wanted) and method.kind not in ("prefix", "prompt")
-    config = SFTConfig(**{**common_args(spec, work, has_eval=eval_data is not None), "num_train_epochs": epochs},
+    config = SFTConfig(**{**common_args(spec, work, has_eval=eval_data is not None, control=control), "num_train_epochs": epochs},
                        max_length=None, padding_free=padding_free, packing=False, dataset_num_proc=None,
                        train_sampling_strategy="group_by_length" if (spec.group_by_length and not padding_free)
                        else "random", completion_only_loss=False)
-    hooks = run_hooks(on_log, on_step, stop_check)
+    hooks = run_hooks(on_log, on_step, stop_check, control=control)
     model, peft_cfg, optimizers = adapter_setup(model, method, spec, base_path)
     trainer = _distill_trainer_class()(model=model, args=config, train_dataset=data, eval_dataset=eval_data,
                                        processing_class=tokenizer, peft_config=peft_cfg, callbacks=hooks.callbacks,
@@ -237,7 +237,7 @@ def _train_on_logits(base_path, rows, teacher, teacher_tok, *, method, spec, obj
     trainer.temperature = objective.temperature
     trainer.remove_callback(PrinterCallback)
     t0 = time.perf_counter()
-    trainer.train()
+    run_training(trainer, hooks)
     kls = [e["loss"] for e in hooks.losses]
     k = max(1, len(kls) // 4)
     extra = {"distill_mode": "logits", "temperature": objective.temperature}

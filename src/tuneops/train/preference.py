@@ -29,7 +29,7 @@ from typing import Callable
 from tuneops.errors import InvalidInput
 from tuneops.train.methods import load_model, loraplus_optimizer, peft_config
 from tuneops.train.recipe import LoraSpec, ObjectiveSpec, TrainSpec
-from tuneops.train.sft import StopCheck, TrainResult, common_args, epoch_rows, finish, prepare, run_hooks
+from tuneops.train.sft import run_training, StopCheck, TrainResult, common_args, epoch_rows, finish, prepare, run_hooks
 
 # What TRL logs per step, and the name a TrainResult records it under (extra["metrics_first" / "metrics_final"]).
 # DPO, IPO, KTO, ORPO, CPO and SimPO log an implicit reward per reply; the reward model logs its own scores.
@@ -55,7 +55,7 @@ def train_preference(base_path: Path, rows: list[dict], *, method: LoraSpec, spe
                      objective: ObjectiveSpec, out_dir: Path, base_id: str, eval_rows: list[dict] | None = None,
                      chat_template: str | None = None, template_dir: Path | None = None,
                      stop_check: StopCheck | None = None, on_log: Callable[[dict], None] | None = None,
-                     on_step: Callable[[int, int], None] | None = None, **_) -> TrainResult:
+                     on_step: Callable[[int, int], None] | None = None, control=None, **_) -> TrainResult:
     """Train ``rows`` (preference pairs) with ``objective.kind`` dpo, ipo, kto, orpo, cpo, simpo or
     reward, and save the artifact files to ``out_dir``."""
     kind = objective.kind
@@ -88,7 +88,7 @@ def train_preference(base_path: Path, rows: list[dict], *, method: LoraSpec, spe
     data = _dataset(rows_run, kind, spec.seed)
     eval_data = _dataset(eval_rows, kind, spec.seed) if use_eval else None
     work = Path(out_dir).parent / "trainer"
-    args = {**common_args(spec, work, has_eval=eval_data is not None), "num_train_epochs": epochs}
+    args = {**common_args(spec, work, has_eval=eval_data is not None, control=control), "num_train_epochs": epochs}
     peft_cfg = peft_config(method, base_path=base_path, task_type="SEQ_CLS" if kind == "reward" else "CAUSAL_LM")
 
     ref_model = None
@@ -106,7 +106,7 @@ def train_preference(base_path: Path, rows: list[dict], *, method: LoraSpec, spe
         trainer_kw["ref_model"] = ref_model
 
     logged: list[dict] = []
-    hooks = run_hooks(on_log, on_step, stop_check)
+    hooks = run_hooks(on_log, on_step, stop_check, control=control)
     hooks.callbacks.insert(1, _metrics_callback(logged))
     trainer = trainer_cls(callbacks=hooks.callbacks, **trainer_kw)
     if getattr(model, "is_loaded_in_4bit", False):
@@ -123,7 +123,7 @@ def train_preference(base_path: Path, rows: list[dict], *, method: LoraSpec, spe
                            hint="raise train.max_length")
     over = pairs_over_length(tokenizer, rows, spec.max_length)
     t0 = time.perf_counter()
-    trainer.train()
+    run_training(trainer, hooks)
     extra = {"objective": kind, **_summarise(logged)}
     if over:
         # The reward trainer drops these pairs (a reward read from a cut sequence means little); the others

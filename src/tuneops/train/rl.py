@@ -23,7 +23,7 @@ from typing import Callable
 from tuneops.errors import InvalidInput
 from tuneops.train.recipe import LoraSpec, ObjectiveSpec, TrainSpec
 from tuneops.train.rewards import REFERENCE_COLUMN, load_reward
-from tuneops.train.sft import StopCheck, TrainResult, adapter_setup, common_args, finish, prepare, run_hooks
+from tuneops.train.sft import run_training, StopCheck, TrainResult, adapter_setup, common_args, finish, prepare, run_hooks
 
 
 def rl_dataset_rows(rows: list[dict]) -> list[dict]:
@@ -115,13 +115,13 @@ def train_rl(base_path: Path, rows: list[dict], *, method: LoraSpec, spec: Train
     else:
         from trl import RLOOConfig as Config, RLOOTrainer as Trainer
     work = Path(out_dir).parent / "trainer"
-    config = Config(**common_args(spec, work, has_eval=eval_data is not None),
+    config = Config(**common_args(spec, work, has_eval=eval_data is not None, control=control),
                     num_generations=objective.num_generations,
                     max_completion_length=objective.max_completion_length,
                     temperature=objective.temperature,
                     use_vllm=False)
 
-    hooks = run_hooks(on_log, on_step, stop_check, relay=_reward_log_callback)
+    hooks = run_hooks(on_log, on_step, stop_check, relay=_reward_log_callback, control=control)
     model, peft_cfg, optimizers = adapter_setup(model, method, spec, base_path)
     reward_tok = None
     if isinstance(reward, torch.nn.Module):  # a reward model: TRL would otherwise fetch a tokenizer by its name
@@ -131,7 +131,7 @@ def train_rl(base_path: Path, rows: list[dict], *, method: LoraSpec, spec: Train
                       optimizers=optimizers, peft_config=peft_cfg)
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts when tqdm is disabled
     t0 = time.perf_counter()
-    trainer.train()
+    run_training(trainer, hooks)
     rewards = [e["reward"] for e in hooks.losses if e.get("reward") is not None]
     k = max(1, len(rewards) // 4)
     extra = {"objective": objective.kind, "reward": objective.reward or getattr(reward, "__name__", "reward"),

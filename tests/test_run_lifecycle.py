@@ -34,7 +34,7 @@ def test_sigkill_during_training_leaves_a_stale_run_that_reconcile_marks_interru
             time.sleep(0.2)
         run = runs[-1]
         assert liveness(run) == "alive"
-        assert (store.home / "runs" / run.id / "trainer").exists()
+        assert (store.home / "runs" / run.id / "recipe.yaml").exists()
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -44,7 +44,7 @@ def test_sigkill_during_training_leaves_a_stale_run_that_reconcile_marks_interru
     assert run.state == "running" and liveness(run) == "stale"  # nothing could mark it: the process is gone
     (done,) = reconcile_runs(store)
     assert done.id == run.id and done.state == "interrupted" and "stale: no heartbeat since" in done.error
-    assert not (store.home / "runs" / run.id / "trainer").exists()
+    assert not (store.home / "runs" / run.id / "adapter").exists()  # scratch goes; checkpoints stay for resume
     assert reconcile_runs(store) == []  # idempotent
     (last,) = [e for e in store.run_events(run.id, "state")][-1:]
     assert last.payload["to"] == "interrupted" and last.at is not None

@@ -176,6 +176,13 @@ def plan_training(store: Store, recipe: Recipe, base) -> TrainingPlan:
         check_method_supported(recipe.method)
     except TuneopsError as e:
         raise _named(recipe, "method.kind", e) from None
+    if recipe.launcher is not None:
+        from tuneops.train.launch import check_launcher
+
+        try:
+            check_launcher(recipe.launcher, train=recipe.train, objective=recipe.objective, method=recipe.method)
+        except TuneopsError as e:
+            raise type(e)(f"{src}: {e.message}", hint=e.hint) from None
     if recipe.method.kind == "full" and recipe.train.learning_rate > 1e-3:
         raise InvalidInput(f"{src}: train.learning_rate: {recipe.train.learning_rate:g} would wreck a full fine-tune "
                            "(every weight moves)", hint="use 1e-5 .. 1e-4 with method.kind full")
@@ -651,12 +658,21 @@ def ladder_for_recipe(store: Store, recipe: Recipe, artifact: ArtifactRecord, *,
     return result | {"artifact": artifact.id, "base": artifact.base_id}
 
 
-def create_run(store: Store, recipe: Recipe, *, priority: int | None = None) -> str:
-    """Record a new run of ``recipe`` in state ``queued`` (a worker, or :func:`run_recipe`, executes it)."""
+def create_run(store: Store, recipe: Recipe, *, priority: int | None = None, claim: bool = False) -> str:
+    """Record a new run of ``recipe`` in state ``queued`` (a worker, or :func:`run_recipe`, executes it).
+    ``claim``: this process takes it in the same transaction, so no worker can grab it first."""
+    import os
+    import socket
+
+    from tuneops.store.schema import utcnow
+
     run_id = new_run_id()
+    mine = dict(host=socket.gethostname(), pid=os.getpid(), worker=f"{socket.gethostname()}:{os.getpid()}",
+                heartbeat_at=utcnow(), attempts=1) if claim else {}
     with store.session() as s:
         s.add(RunRecord(id=run_id, recipe_name=recipe.name, recipe_yaml=recipe.to_yaml(),
-                        recipe_hash=recipe.hash(), state="queued", dataset_ids=[], metrics={}, priority=priority))
+                        recipe_hash=recipe.hash(), state="queued", dataset_ids=[], metrics={}, priority=priority,
+                        **mine))
         s.flush()  # the event's foreign key needs the run row first
         s.add(RunEvent(run_id=run_id, type="created", payload={"source": str(recipe.source), "priority": priority}))
         store.audit(s, "run.create", "run", run_id, recipe=recipe.name, recipe_sha256=recipe.hash())
@@ -678,7 +694,7 @@ def run_recipe_of(store: Store, run_id: str) -> Recipe:
 def run_recipe(store: Store, recipe: Recipe, *, progress: Progress | None = None,
                trial_hook: Callable[[int, float], None] | None = None) -> RunOutcome:
     """Execute a validated recipe as a new run; promotion happens only if every gate passes."""
-    run_id = create_run(store, recipe)
+    run_id = create_run(store, recipe, claim=True)
     return execute_run(store, run_id, recipe=recipe, progress=progress, trial_hook=trial_hook)
 
 
@@ -693,9 +709,9 @@ def execute_run(store: Store, run_id: str, *, recipe: Recipe | None = None, prog
     recipe = recipe or run_recipe_of(store, run_id)
     work = store.runs_dir(run_id)
     try:
-        with Heartbeat(store, run_id):
+        with Heartbeat(store, run_id) as beat:
             outcome = RunOutcome(run=store.get_run(run_id))
-            _execute(store, recipe, run_id, work, outcome, progress, trial_hook=trial_hook)
+            _execute(store, recipe, run_id, work, outcome, progress, trial_hook=trial_hook, heartbeat=beat)
     except BaseException as e:
         _mark_ended(store, run_id, e)
         raise
@@ -727,8 +743,77 @@ def _mark_ended(store: Store, run_id: str, e: BaseException) -> None:
         pass
 
 
+def run_control(store: Store, recipe: Recipe, run_id: str, work: Path, *, heartbeat: Heartbeat | None = None,
+                trial_hook: Callable[[int, float], None] | None = None):
+    """The run's RunControl (train/control.py): checkpoints recorded in the store, resume from the newest
+    complete one, guards whose strikes become run events, pause requests seen by the heartbeat, held-out
+    losses relayed to a study. Fault injection for tests and benchmarks/fault_injection.py comes from
+    TUNEOPS_FAULT_NAN_STEPS (comma-separated steps), TUNEOPS_FAULT_KILL_AT_STEP and
+    TUNEOPS_FAULT_KILL_DURING_SAVE."""
+    import os
+
+    from tuneops.store.schema import CheckpointRecord
+    from tuneops.train.control import RunControl, find_resume
+
+    spec = recipe.train.checkpoints
+    location = f"{spec.location.rstrip('/')}/{run_id}" if spec.location else None
+    root = work / "checkpoints"
+
+    def skipped(path: Path, why: str):
+        store.add_run_event(run_id, "checkpoint_skipped", path=str(path), reason=why)
+
+    resume = find_resume(root, location, on_skip=skipped)
+
+    def on_checkpoint(rec: dict):
+        def save(s):
+            row = s.get(CheckpointRecord, f"{run_id}:{rec['step']}")
+            if row is None:
+                row = CheckpointRecord(id=f"{run_id}:{rec['step']}", run_id=run_id, step=rec["step"], path=rec["path"],
+                                       files={}, digest="")
+                s.add(row)
+            row.epoch, row.location, row.files = rec["epoch"], rec["location"], rec["files"]
+            row.digest, row.metrics, row.state = rec["digest"], rec["metrics"], "complete"
+        store.transact(save)
+        store.add_run_event(run_id, "checkpoint", step=rec["step"], epoch=rec["epoch"], digest=rec["digest"],
+                            location=rec["location"], **rec["metrics"])
+
+    def on_removed(step: int):
+        def mark(s):
+            row = s.get(CheckpointRecord, f"{run_id}:{step}")
+            if row is not None:
+                row.state = "removed"
+        store.transact(mark)
+
+    def on_guard(event: dict):
+        store.add_run_event(run_id, "guard", **event)
+
+    def on_eval(entry: dict):
+        store.add_run_event(run_id, "eval", **entry)
+        if trial_hook is not None:
+            trial_hook(entry["step"], entry["eval_loss"])
+
+    def stop_requested():
+        return "paused" if heartbeat is not None and heartbeat.requested == "pause" else None
+
+    quarantined = {e.payload["batch"] for e in store.run_events(run_id, "guard") if e.payload.get("batch")}
+    strikes = sum(1 for e in store.run_events(run_id, "guard") if e.payload.get("strike"))
+
+    def env_int(name):
+        v = os.environ.get(name)
+        return int(v) if v else None
+
+    nan_steps = frozenset(int(x) for x in os.environ.get("TUNEOPS_FAULT_NAN_STEPS", "").split(",") if x.strip())
+    return RunControl(checkpoint_dir=root, every=spec.every or recipe.train.save_steps, epoch_end=spec.epoch_end,
+                      keep=spec.keep, location=location, resume_from=resume, select=spec.select,
+                      guards=recipe.train.guards, on_checkpoint=on_checkpoint, on_checkpoint_removed=on_removed,
+                      on_guard=on_guard, on_eval=on_eval, stop_requested=stop_requested, quarantined=quarantined,
+                      strikes=strikes, inject_nan_steps=nan_steps, kill_at_step=env_int("TUNEOPS_FAULT_KILL_AT_STEP"),
+                      kill_during_save=env_int("TUNEOPS_FAULT_KILL_DURING_SAVE"))
+
+
 def _execute(store: Store, recipe: Recipe, run_id: str, work: Path, outcome: RunOutcome,
-             progress: Progress | None, *, trial_hook: Callable[[int, float], None] | None = None) -> None:
+             progress: Progress | None, *, trial_hook: Callable[[int, float], None] | None = None,
+             heartbeat: Heartbeat | None = None) -> None:
     t0 = time.perf_counter()
     store.transition_run(run_id, "validating_data")
     base, train_ds, eval_ds, suites = validate_inputs(store, recipe)
@@ -763,12 +848,30 @@ def _execute(store: Store, recipe: Recipe, run_id: str, work: Path, outcome: Run
         (work / "preflight.txt").write_text(example + "\n")
 
     eval_rows = load_rows(store, eval_ds) if recipe.train.eval_steps else None
-    result = train(base_dir(store, base), train_rows, method=recipe.method, spec=recipe.train,
-                   objective=recipe.objective, out_dir=work / "adapter", base_id=base.id, eval_rows=eval_rows,
-                   replay_rows=plan.replay_rows, chat_template=recipe.train.chat_template,
-                   template_dir=plan.template_dir, stop_check=early_stop_check(store, recipe, plan),
-                   on_preflight=on_preflight, on_log=on_log, on_step=on_step, reward_fn=plan.reward_fn,
-                   teacher_path=plan.teacher_path, teacher_adapter=plan.teacher_adapter)
+    from tuneops.train.control import environment
+
+    threads = recipe.train.threads or (1 if recipe.train.deterministic else None)
+    store.add_run_event(run_id, "environment", deterministic=recipe.train.deterministic, **environment(threads))
+    kwargs = dict(method=recipe.method, spec=recipe.train, objective=recipe.objective, out_dir=work / "adapter",
+                  base_id=base.id, eval_rows=eval_rows, replay_rows=plan.replay_rows,
+                  chat_template=recipe.train.chat_template, template_dir=plan.template_dir,
+                  on_preflight=on_preflight, on_log=on_log, on_step=on_step, teacher_path=plan.teacher_path,
+                  teacher_adapter=plan.teacher_adapter)
+    if recipe.launcher is not None:
+        from tuneops.train.launch import train_distributed
+
+        result = train_distributed(base_dir(store, base), train_rows, launcher=recipe.launcher, work_dir=work / "launch",
+                                   **kwargs)
+        control = None
+    else:
+        control = run_control(store, recipe, run_id, work, heartbeat=heartbeat, trial_hook=trial_hook)
+        if control.resume_from is not None:
+            store.add_run_event(run_id, "resume", checkpoint=str(control.resume_from),
+                                step=int(control.resume_from.name.rsplit("-", 1)[-1]))
+        result = train(base_dir(store, base), train_rows, stop_check=early_stop_check(store, recipe, plan),
+                       reward_fn=plan.reward_fn, control=control, **kwargs)
+        if control.selected:
+            result.extra["selected_checkpoint"] = control.selected
     result.model = None  # eval loads the registered copy; free the trained one
     outcome.plots["loss"] = str(plot_losses(result.losses, work / "loss.png", f"{recipe.name} · {run_id}",
                                             eval_losses=result.eval_losses))
@@ -955,3 +1058,55 @@ def _tokens_per_s_estimate(store: Store, base_id: str, recipe: Recipe) -> dict |
             if ev is not None and ev.payload.get("tokens_per_s"):
                 return {"tokens_per_s": ev.payload["tokens_per_s"], "from": f"run {run.id}"}
     return None
+
+
+def register_checkpoint(store: Store, run_id: str, step: int | None = None) -> tuple[ArtifactRecord, bool]:
+    """Register a kept checkpoint of a run as an artifact (verified against its recorded hashes first), so
+    it can be evaluated and promoted like the run's final weights. ``step`` None: the newest."""
+    import json
+    import shutil
+    import tempfile
+
+    from sqlalchemy import select
+
+    from tuneops.errors import IntegrityError
+    from tuneops.store.schema import CheckpointRecord
+    from tuneops.train.control import verify
+    from tuneops.train.methods import ADAPTER_FILES, FULL_MODEL_FILES
+
+    run = store.get_run(run_id)
+    with store.session(write=False) as s:
+        q = select(CheckpointRecord).where(CheckpointRecord.run_id == run_id, CheckpointRecord.state == "complete")
+        rows = {r.step: r for r in s.scalars(q)}
+        for r in rows.values():
+            s.expunge(r)
+    if not rows:
+        raise NotFound(f"run {run_id} has no kept checkpoint", hint=f"see `tuneops runs checkpoints {run_id}`")
+    if step is None:
+        step = max(rows)
+    if step not in rows:
+        raise NotFound(f"run {run_id} has no kept checkpoint at step {step} (kept: {', '.join(map(str, sorted(rows)))})",
+                       hint=f"see `tuneops runs checkpoints {run_id}`")
+    ckpt = rows[step]
+    why = verify(Path(ckpt.path))
+    if why:
+        raise IntegrityError(f"checkpoint {ckpt.id} does not verify: {why}", hint="register another checkpoint")
+    recipe = run_recipe_of(store, run_id)
+    full = recipe.method.kind == "full"
+    with tempfile.TemporaryDirectory(dir=store.runs_dir(run_id)) as tmp:
+        out = Path(tmp)
+        for name in FULL_MODEL_FILES if full else ADAPTER_FILES:
+            if (Path(ckpt.path) / name).exists():
+                shutil.copy2(Path(ckpt.path) / name, out / name)
+        if recipe.train.chat_template and (Path(ckpt.path) / "chat_template.jinja").exists():
+            shutil.copy2(Path(ckpt.path) / "chat_template.jinja", out / "chat_template.jinja")
+        cfg_name = "config.json" if full else "adapter_config.json"
+        cfg = json.loads((out / cfg_name).read_text())
+        cfg["_name_or_path" if full else "base_model_name_or_path"] = run.base_id
+        if not full:
+            cfg["revision"] = None
+        (out / cfg_name).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        return register_adapter(store, out, base_id=run.base_id, method=recipe.method.kind, run_id=run_id,
+                                dataset_ids=list(run.dataset_ids or []), recipe_hash=run.recipe_hash,
+                                extra_lineage={"objective": recipe.objective.kind, "checkpoint_step": step,
+                                               "checkpoint_digest": ckpt.digest})

@@ -23,14 +23,14 @@ import typer
 from tuneops.cli.render import (
     console, emit, emit_one, gates_table, metrics_table, print_error, slices_table, print_json, progress, record_dict, say, status,
 )
-from tuneops.errors import Interrupted, TuneopsError
+from tuneops.errors import Interrupted, RunPruned, RunStopped, TuneopsError
 
 app = typer.Typer(help="tuneops: the governed fine-tuning lifecycle (data → train → eval gates → registry → serve).",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 models_app = typer.Typer(help="Base models: import and list.", no_args_is_help=True)
 data_app = typer.Typer(help="Dataset versions: ingest, list, show.", no_args_is_help=True)
 eval_app = typer.Typer(help="Eval reports: run a paired eval, list, show.", no_args_is_help=True)
-runs_app = typer.Typer(help="Runs: list, show, cancel, reconcile (state, events, metrics, liveness).",
+runs_app = typer.Typer(help="Runs: list, show, events, logs, checkpoints, pause, resume, cancel, reconcile.",
                        no_args_is_help=True)
 registry_app = typer.Typer(help="Artifacts and aliases: list, show, promote, rollback, history, audit.",
                            no_args_is_help=True)
@@ -312,13 +312,23 @@ def _print_outcome(outcome, as_json: bool):
 
 
 @app.command()
-def train(recipe: Path = typer.Argument(..., help="Recipe YAML (example: examples/json-extraction.yaml)."), as_json: bool = JSON):
+def train(recipe: Path = typer.Argument(..., help="Recipe YAML (example: examples/json-extraction.yaml)."),
+          queue: bool = typer.Option(False, "--queue", help="Enqueue the run for `tuneops worker` instead of running "
+                                                            "it here."),
+          priority: int = typer.Option(0, help="Queue priority (higher runs first)."),
+          as_json: bool = JSON):
     """Run a recipe: validate data, train, register, paired eval, gates, promote if they pass."""
-    from tuneops.pipeline import run_recipe
+    from tuneops.pipeline import create_run, run_recipe
     from tuneops.train.recipe import load_recipe
 
     spec = load_recipe(recipe)
     store = _store(create=True)
+    if queue:
+        run_id = create_run(store, spec, priority=priority)
+        emit_one({"run": run_id, "state": "queued", "priority": priority,
+                  "next": "tuneops worker   (or: tuneops runs show " + run_id + ")"}, as_json=as_json,
+                 title="queued")
+        return
     with progress() as p:
         outcome = run_recipe(store, spec, progress=p)
     _print_outcome(outcome, as_json)
@@ -727,6 +737,10 @@ from tuneops.cli import recipe_cmd, tune_cmd, worker_cmd  # noqa: E402  (typer a
 for _module in (recipe_cmd, worker_cmd, tune_cmd):
     _module.register(app)
 
+from tuneops.cli import runs_cmd  # noqa: E402
+
+runs_cmd.register(runs_app)
+
 
 # -- the one error path ----------------------------------------------------------------------
 def _log_dirs() -> list[Path]:
@@ -814,6 +828,15 @@ def run_cli(args: list[str] | None = None, prog_name: str = "tuneops") -> int:
             name = f"signal {e.signum}"
         print_error(f"interrupted by {name} (exit {e.exit_code})")
         return e.exit_code
+    except RunStopped as e:  # paused, or SIGTERM / SIGINT after a checkpointed step: resumable
+        if e.exit_code:
+            print_error(e.reason)
+        else:
+            say(e.reason, err=True)
+        return e.exit_code
+    except RunPruned as e:
+        print_error(e.reason)
+        return 1
     except KeyboardInterrupt:
         print_error("interrupted by SIGINT (exit 130)")
         return 130

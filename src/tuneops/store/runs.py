@@ -42,7 +42,10 @@ class Heartbeat:
                 run.heartbeat_at = utcnow()
                 for k, v in fields.items():
                     setattr(run, k, v)
+                self.requested = run.control
         self.store.transact(touch)
+
+    requested: str | None = None  # what `tuneops runs pause` asked of this run, seen at the last beat
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every):
@@ -135,4 +138,50 @@ def reconcile_runs(store: Store) -> list[RunRecord]:
             done.append(_finish(store, run, "interrupted", f"stale: {reason}; reconciled"))
         except StateError:  # it moved on its own meanwhile: it was not stale after all
             continue
+    return done
+
+
+def request_pause(store: Store, run_id: str, *, wait_s: float = 60.0) -> RunRecord:
+    """Ask the process training ``run_id`` to checkpoint and stop (state ``paused``). Its heartbeat
+    thread sees the request within one beat; the current step finishes and is checkpointed first. Waits
+    up to ``wait_s`` for the run to reach ``paused`` (0: do not wait)."""
+    run = store.get_run(run_id)
+    if run.state not in ("validating_data", "running"):
+        raise StateError(f"run {run_id} is {run.state}; only a running run can be paused",
+                         hint="a queued run can simply be cancelled; an ended one resumed with `tuneops runs resume`")
+    if liveness(run) == "stale":
+        raise StateError(f"run {run_id} is stale (its process stopped); there is nothing to pause",
+                         hint="`tuneops runs reconcile` marks it interrupted; then `tuneops runs resume` continues it")
+
+    def ask(s):
+        r = s.get(RunRecord, run_id, with_for_update=True)
+        r.control = "pause"
+    store.transact(ask)
+    store.add_run_event(run_id, "pause_requested", by_pid=os.getpid())
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        run = store.get_run(run_id)
+        if run.state not in ACTIVE_STATES:
+            return run
+        time.sleep(0.2)
+    return store.get_run(run_id)
+
+
+def requeue_for_resume(store: Store, run_id: str) -> RunRecord:
+    """Put an interrupted or paused run back in the queue; the process that executes it continues from
+    its newest complete checkpoint. A run left ``running`` by a dead process is reconciled first."""
+    from tuneops.store.store import RESUMABLE_STATES
+
+    run = store.get_run(run_id)
+    if run.state in ACTIVE_STATES and liveness(run) == "stale":
+        reconcile_runs(store)
+        run = store.get_run(run_id)
+    if run.state not in RESUMABLE_STATES:
+        alive = " (its process is alive)" if run.state in ACTIVE_STATES else ""
+        raise StateError(f"run {run_id} is {run.state}{alive}; only an interrupted or paused run can be resumed",
+                         hint="start a new run with `tuneops train RECIPE`" if run.state not in ACTIVE_STATES
+                         else f"pause it first: `tuneops runs pause {run_id}`")
+    done = store.transition_run(run_id, "queued", expect=RESUMABLE_STATES, control=None, pid=None, host=None,
+                                worker=None, error=None)
+    store.add_run_event(run_id, "resume_requested", from_state=run.state)
     return done

@@ -79,6 +79,8 @@ class RunRecord(Base):
     priority: Mapped[int | None] = mapped_column(Integer, nullable=True)
     worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
     attempts: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # A request to the process working on the run ("pause"), read by its heartbeat thread.
+    control: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class RunEvent(Base):

@@ -216,6 +216,7 @@ class RunControl:
     keep: int = 2
     location: str | None = None
     resume_from: Path | None = None
+    select: str = "last"  # or "best": register the kept checkpoint with the lowest held-out loss
     guards: object | None = None  # GuardSpec
     on_checkpoint: Callable[[dict], None] | None = None
     on_checkpoint_removed: Callable[[int], None] | None = None
@@ -227,6 +228,7 @@ class RunControl:
     inject_nan_steps: frozenset[int] = frozenset()  # fault injection (tests, benchmarks/fault_injection.py)
     kill_at_step: int | None = None  # fault injection: SIGKILL this process after that step
     kill_during_save: int | None = None  # fault injection: SIGKILL while checkpoint N is half-written
+    selected: dict | None = None  # the checkpoint select: best picked
     _signal: str | None = None
     _last_saved: int | None = None
     _lr_factor: float = 1.0
@@ -468,13 +470,39 @@ def run_trainer(trainer, control: RunControl | None) -> None:
                                    hint="set train.checkpoints.every (or guards.on_nan: skip)")
             if control.on_guard:
                 control.on_guard({"kind": "rollback", "to_step": _step_of(resume)})
+    if control.select == "best":
+        _load_best(trainer, control)
     stop = control.pending_stop()
     finished = trainer.state.max_steps and trainer.state.global_step >= trainer.state.max_steps
     if stop and not finished:
         state, _, detail = stop.partition(":")
-        reason = {"paused": "paused by the user (tuneops runs pause)"}.get(state, f"stopped by {detail or state}")
+        reason = {"paused": "paused by the user (tuneops runs pause)"}.get(state, f"interrupted by {detail or state}")
+        code = 128 + int(getattr(signal, detail, 0)) if state == "interrupted" and detail else 0
         raise RunStopped(state, f"{reason}; checkpointed at step {trainer.state.global_step}, resume with "
-                                f"`tuneops runs resume`")
+                                f"`tuneops runs resume`", exit_code=code)
+
+
+def best_checkpoint(root: Path) -> tuple[Path, dict] | None:
+    """The complete checkpoint with the lowest held-out loss recorded in its marker."""
+    scored = [(m["metrics"]["eval_loss"], p, m) for p in local_checkpoints(root)
+              if (m := read_marker(p)) and "eval_loss" in (m.get("metrics") or {}) and verify(p) is None]
+    if not scored:
+        return None
+    _, path, marker = min(scored, key=lambda t: t[0])
+    return path, marker
+
+
+def _load_best(trainer, control: RunControl) -> None:
+    best = best_checkpoint(control.checkpoint_dir)
+    if best is None:
+        if control.on_guard:
+            control.on_guard({"kind": "selection", "note": "no checkpoint has a held-out loss; kept the last step's "
+                                                           "weights (set train.eval_steps)"})
+        return
+    path, marker = best
+    if marker["step"] != trainer.state.global_step:
+        trainer._load_from_checkpoint(str(path))
+    control.selected = {"step": marker["step"], "eval_loss": marker["metrics"]["eval_loss"], "path": str(path)}
 
 
 def wrap_compute_loss(trainer, guard: Guard, control: RunControl) -> None:
@@ -505,8 +533,9 @@ def deterministic_setup(seed: int, threads: int | None) -> dict:
     return environment()
 
 
-def environment() -> dict:
-    """What affects a run's numbers: library versions, threads, device."""
+def environment(threads: int | None = None) -> dict:
+    """What affects a run's numbers: library versions, threads (``threads``: what the run will use, when
+    it differs from this process's current setting), device."""
     import platform
 
     import torch
@@ -517,6 +546,6 @@ def environment() -> dict:
             versions[mod] = __import__(mod).__version__
         except Exception:  # noqa: BLE001
             versions[mod] = None
-    return {"versions": versions, "python": platform.python_version(), "threads": torch.get_num_threads(),
+    return {"versions": versions, "python": platform.python_version(), "threads": threads or torch.get_num_threads(),
             "device": "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
             "platform": platform.platform(), "cpu_count": os.cpu_count()}

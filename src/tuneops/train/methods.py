@@ -132,6 +132,11 @@ def save_artifact(model, out_dir: Path, *, method: LoraSpec, base_id: str) -> in
         cfg = json.loads(cfg_path.read_text())
         cfg["base_model_name_or_path"] = base_id
         cfg["revision"] = None
+        # PEFT writes module sets (target_modules, …) in set order, which varies with the process's hash
+        # seed: the same weights got a different artifact id on every run. Sorted, the id is the content's.
+        for key in ("target_modules", "modules_to_save", "feedforward_modules", "exclude_modules"):
+            if isinstance(cfg.get(key), list) and all(isinstance(x, str) for x in cfg[key]):
+                cfg[key] = sorted(cfg[key])
         if cfg.get("tokenizer_name_or_path"):
             cfg["tokenizer_name_or_path"] = base_id
         cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")

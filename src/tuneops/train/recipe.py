@@ -238,8 +238,9 @@ class GuardSpec(_Strict):
                             "to the last complete checkpoint, or fail the run. The batch is quarantined on the run "
                             "either way.")
     spike_factor: float | None = Field(
-        3.0, gt=1, description="A loss above this × the running median of recent steps counts as a spike (same "
-                               "handling as a NaN); null turns spike detection off.")
+        None, gt=1, description="A loss above this × the running median of recent micro-batches counts as a spike "
+                                "(handled like a NaN), e.g. 3. Off by default: late in a run a harder batch can "
+                                "legitimately cost several times the median.")
     spike_window: int = Field(20, ge=3, description="Steps in the running median.")
     spike_min_steps: int = Field(5, ge=1, description="No spike is called before this many steps have a median.")
     lr_factor: float | None = Field(
@@ -258,6 +259,10 @@ class CheckpointSpec(_Strict):
         None, description="Also copy each complete checkpoint to this fsspec URL (file:///…, s3://bucket/prefix, "
                           "memory://…); resume fetches from it when the run's folder lost them.")
     epoch_end: bool = Field(True, description="Also save at the end of each epoch.")
+    select: Literal["last", "best"] = Field(
+        "last", description="The weights the run registers: the last step's, or those of the kept checkpoint with "
+                            "the lowest held-out loss (needs train.eval_steps; an earlier checkpoint sometimes "
+                            "generalises better).")
 
 
 class SearchDim(_Strict):

@@ -369,7 +369,7 @@ def runs_show(run_id: str, as_json: bool = JSON):
     run = store.get_run(run_id)
     events = store.run_events(run_id)
     out = {**record_dict(run, RUN_FIELDS + ("updated_at", "recipe_hash", "dataset_ids", "metrics", "error")
-                         + LIVENESS_FIELDS),
+                         + LIVENESS_FIELDS + ("priority", "worker", "attempts")),
            "liveness": liveness(run)}
     timeline = [e for e in events if e.type != "metrics"]
     loss_curve = [{**e.payload, "at": record_dict(e, ("at",))["at"]} for e in events if e.type == "metrics"]

@@ -66,6 +66,9 @@ def register(runs_app: typer.Typer) -> None:
                 lines.append(f"{at} {e.type} {detail}".rstrip())
         for line in lines[-tail:] if tail else lines:
             typer.echo(line)
+        worker_log = store.runs_dir(run_id) / "worker.log"
+        if worker_log.exists():
+            typer.echo(f"(the process output of worker-run attempts: {worker_log})")
 
     @runs_app.command("checkpoints")
     def runs_checkpoints(run_id: str,

@@ -90,6 +90,15 @@ def cancel_run(store: Store, run_id: str, reason: str | None = None, *, wait_s: 
     ``cancelled`` here. A live run on another host cannot be signalled from here: StateError."""
     run = store.get_run(run_id)
     why = reason or "cancelled by user"
+    if run.state == "queued":  # waiting for a worker: cancelled here unless a worker holds it already
+        from tuneops.store.queue import cancel_queued
+
+        done = cancel_queued(store, run_id, why)
+        if done is not None:
+            return done
+        run = store.get_run(run_id)
+    if run.state in ("interrupted", "paused"):  # resumable, nobody works on it: just close it
+        return _finish(store, run, "cancelled", why)
     if run.state not in ACTIVE_STATES:
         raise StateError(f"run {run_id} already ended ({run.state}); nothing to cancel",
                          hint=f"see `tuneops runs show {run_id}`")
@@ -182,6 +191,6 @@ def requeue_for_resume(store: Store, run_id: str) -> RunRecord:
                          hint="start a new run with `tuneops train RECIPE`" if run.state not in ACTIVE_STATES
                          else f"pause it first: `tuneops runs pause {run_id}`")
     done = store.transition_run(run_id, "queued", expect=RESUMABLE_STATES, control=None, pid=None, host=None,
-                                worker=None, error=None)
+                                worker=None, error=None, heartbeat_at=None)
     store.add_run_event(run_id, "resume_requested", from_state=run.state)
     return done

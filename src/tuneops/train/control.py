@@ -427,7 +427,14 @@ def graceful_signals(control: RunControl):
         return
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
 
+    first = {}
+
     def handler(signum, frame):
+        import time
+
+        # A supervisor and a worker may both forward the same SIGTERM: a repeat within 3 s is the same request.
+        if control._signal and time.monotonic() - first.get("at", 0) < 3.0:
+            return
         if control._signal:
             signal.signal(signum, previous[signum])
             old = previous[signum]
@@ -438,6 +445,7 @@ def graceful_signals(control: RunControl):
             else:
                 raise SystemExit(128 + signum)
             return
+        first["at"] = time.monotonic()
         control.request_stop("interrupted:" + signal.Signals(signum).name)
 
     for s in previous:

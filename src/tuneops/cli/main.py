@@ -624,13 +624,6 @@ def registry_history(alias: str, as_json: bool = JSON):
          title=f"history of {name}@{stage}")
 
 
-@registry_app.command("audit")
-def registry_audit(limit: int = typer.Option(50, help="Newest N events."), as_json: bool = JSON):
-    """The append-only audit log: who did what, when, to which record."""
-    fields = ("seq", "at", "actor", "action", "record_type", "record_id", "details")
-    emit([record_dict(e, fields) for e in _store().audit_log(limit)], as_json=as_json, title="audit log")
-
-
 # -- ladder ---------------------------------------------------------------------------------
 @app.command()
 def ladder(recipe: Path = typer.Argument(..., help="Recipe whose task suite, training rows and gates to use."),
@@ -737,9 +730,11 @@ from tuneops.cli import recipe_cmd, tune_cmd, worker_cmd  # noqa: E402  (typer a
 for _module in (recipe_cmd, worker_cmd, tune_cmd):
     _module.register(app)
 
-from tuneops.cli import runs_cmd  # noqa: E402
+from tuneops.cli import audit_cmd, card_cmd, export_cmd, release_cmd, runs_cmd  # noqa: E402
 
 runs_cmd.register(runs_app)
+for _module in (audit_cmd, card_cmd, export_cmd, release_cmd):
+    _module.register(app, registry_app)
 
 
 # -- the one error path ----------------------------------------------------------------------

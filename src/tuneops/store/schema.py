@@ -123,6 +123,11 @@ class ArtifactRecord(Base):
     base_id: Mapped[str] = mapped_column(ForeignKey("bases.id"))
     run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lineage: Mapped[dict] = mapped_column(JSON)  # base, datasets, recipe hash, code version, run
+    # {"key_id", "signature", "payload_sha256"} over canonical JSON of {id, tree digest, lineage}; see
+    # release/signing.py. NULL: unsigned (never promoted or served once signing is required).
+    signature: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # Deprecation: {"reason", "by", "at", "sunset": ISO date}; serving warns until the sunset, refuses after.
+    deprecation: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -162,6 +167,9 @@ class AliasMove(Base):
     actor: Mapped[str] = mapped_column(String(200))
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Hash chain (tamper evidence): entry_hash = sha256(prev_hash + canonical entry); see the ledger.
+    prev_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    entry_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class ErasureRecord(Base):
@@ -197,3 +205,43 @@ class AuditEvent(Base):
     record_type: Mapped[str] = mapped_column(String(32))
     record_id: Mapped[str] = mapped_column(String(200))
     details: Mapped[dict] = mapped_column(JSON, default=dict)
+    prev_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    entry_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class TrustedKey(Base):
+    """A public key whose signatures the store accepts (ed25519, base64 of the raw 32 bytes)."""
+
+    __tablename__ = "trusted_keys"
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    public_key: Mapped[str] = mapped_column(Text)
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True)  # who holds it
+    added_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class LedgerHead(Base):
+    """The newest entry of a hash-chained table ("audit", "alias_moves"), signed: deleting or editing the
+    tail of a chain no longer goes unnoticed either."""
+
+    __tablename__ = "ledger_heads"
+    chain: Mapped[str] = mapped_column(String(32), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    entry_hash: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ExportRecord(Base):
+    """An export of an artifact (peft, merged, gguf) with the hash of what was written."""
+
+    __tablename__ = "exports"
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    artifact_id: Mapped[str] = mapped_column(ForeignKey("artifacts.id"), index=True)
+    format: Mapped[str] = mapped_column(String(32))
+    digest: Mapped[str] = mapped_column(String(64))  # sha256 over the exported files' manifest
+    path: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict] = mapped_column(JSON, default=dict)  # files, checks (max logit diff, readback…)
+    actor: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -73,10 +73,22 @@ _APPEND_ONLY_POSTGRES = [
 
 
 def default_actor() -> str:
+    """Who acts: ``$TUNEOPS_ACTOR`` (a configured user name), else the OS user; with a signing key, its key
+    id too ("alice (key-3f0c…)"), so the audit log answers "who promoted this" with something a key proves."""
     try:
-        return os.environ.get("TUNEOPS_ACTOR") or getpass.getuser()
+        who = os.environ.get("TUNEOPS_ACTOR") or getpass.getuser()
     except Exception:  # no passwd entry in some containers
-        return "unknown"
+        who = "unknown"
+    kid = os.environ.get("TUNEOPS_SIGNING_KEY")
+    if not kid:
+        from pathlib import Path as _P
+
+        default = _P(os.environ.get("TUNEOPS_KEY_DIR") or _P.home() / ".config" / "tuneops" / "keys") / "default"
+        try:
+            kid = default.read_text().strip()
+        except OSError:
+            kid = None
+    return f"{who} ({kid})" if kid else who
 
 
 def _make_engine(url: str) -> Engine:
@@ -167,6 +179,12 @@ class Store:
         self._reads = sessionmaker(self.engine, expire_on_commit=False)
         self._writes = sessionmaker(self.engine.execution_options(tuneops_write=True), expire_on_commit=False)
         self.blobs = BlobStore(self.home)
+        try:  # the hash chain over the audit log and alias moves (store/ledger.py), hooked on every flush
+            from tuneops.store import ledger
+        except ImportError:
+            ledger = None
+        if ledger is not None and hasattr(ledger, "install"):
+            ledger.install(self)
 
     @staticmethod
     def exists(home: Path, db_url: str) -> bool:

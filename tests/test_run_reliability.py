@@ -142,6 +142,12 @@ def test_an_injected_nan_is_quarantined_and_repeated_strikes_fail_with_evidence_
     assert len(store.run_events(failed.id, "guard")) == 3
     assert [e.payload["step"] for e in store.run_events(failed.id, "checkpoint")] == [2, 4]
     assert (store.home / "runs" / failed.id / "checkpoints" / "checkpoint-4").is_dir()  # evidence kept
+    found = json.loads(tuneops(store.home, "runs", "list", "--state", "failed", "--where", "train.learning_rate=0.01",
+                               "--json").stdout)
+    assert [r["id"] for r in found] == [failed.id]
+    none = json.loads(tuneops(store.home, "runs", "list", "--state", "failed", "--where", "method.r=64",
+                              "--json").stdout)
+    assert none == []
 
 
 def test_deterministic_mode_gives_the_same_artifact_id_twice(tiny_env, tmp_path):

@@ -344,16 +344,47 @@ def _run_row(run, as_json: bool) -> dict:
     return listing_row(record_dict(run, RUN_FIELDS), run, as_json=as_json)
 
 
+def _recipe_value(recipe_yaml: str, dotted: str):
+    import yaml
+
+    node = yaml.safe_load(recipe_yaml) or {}
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
 @runs_app.command("list")
-def runs_list(as_json: bool = JSON):
-    """List runs with their state; an active run whose process stopped heartbeating shows as stale."""
+def runs_list(state: Optional[list[str]] = typer.Option(None, "--state", help="Only runs in this state "
+                                                        "(repeatable): failed, interrupted, paused, succeeded…"),
+              where: Optional[list[str]] = typer.Option(None, "--where", help="Recipe field filter FIELD=VALUE, "
+                                                        "e.g. train.learning_rate=0.0002 or method.kind=dora "
+                                                        "(repeatable; all must match)."),
+              as_json: bool = JSON):
+    """List runs with their state; an active run whose process stopped heartbeating shows as stale. Filter by
+    state and by recipe fields to find, say, every failed run with a given learning rate."""
     from tuneops.store import fastread
 
-    rows = fastread.list_runs(RUN_FIELDS, as_json=as_json)
-    if rows is None:  # not a SQLite store, or one that needs upgrading: through SQLAlchemy
+    rows = fastread.list_runs(RUN_FIELDS, as_json=as_json) if not (state or where) else None
+    if rows is None:  # filtered, not a SQLite store, or one that needs upgrading: through SQLAlchemy
+        import yaml
+
+        from tuneops.errors import InvalidInput
         from tuneops.store.schema import RunRecord
 
-        rows = [_run_row(r, as_json) for r in _store().all(RunRecord)]
+        wanted = []
+        for w in where or []:
+            key, sep, value = w.partition("=")
+            if not sep or not key:
+                raise InvalidInput(f"--where {w!r}: write FIELD=VALUE, e.g. method.kind=dora")
+            wanted.append((key.strip(), yaml.safe_load(value)))
+        runs = [r for r in _store().all(RunRecord) if (not state or r.state in state)
+                and all(_recipe_value(r.recipe_yaml, k) == v for k, v in wanted)]
+        rows = [_run_row(r, as_json) for r in runs]
+        if where and not as_json:
+            for row, r in zip(rows, runs):
+                row.update({k: _recipe_value(r.recipe_yaml, k) for k, _ in wanted})
     emit(rows, as_json=as_json, title="runs")
 
 

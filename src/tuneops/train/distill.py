@@ -164,14 +164,16 @@ def train_distill(base_path: Path, rows: list[dict], *, method: LoraSpec, spec: 
         return _train_on_responses(base_path, rows, teacher, teacher_tok, method=method, spec=spec,
                                    objective=objective, out_dir=out_dir, base_id=base_id, eval_rows=eval_rows,
                                    chat_template=chat_template, template_dir=template_dir, stop_check=stop_check,
-                                   on_log=on_log, on_step=on_step)
+                                   on_log=on_log, on_step=on_step, control=control)
     return _train_on_logits(base_path, rows, teacher, teacher_tok, method=method, spec=spec, objective=objective,
                             out_dir=out_dir, base_id=base_id, eval_rows=eval_rows, chat_template=chat_template,
-                            template_dir=template_dir, stop_check=stop_check, on_log=on_log, on_step=on_step)
+                            template_dir=template_dir, stop_check=stop_check, on_log=on_log, on_step=on_step,
+                            control=control)
 
 
 def _train_on_responses(base_path, rows, teacher, teacher_tok, *, method, spec, objective, out_dir, base_id,
-                        eval_rows, chat_template, template_dir, stop_check, on_log, on_step) -> TrainResult:
+                        eval_rows, chat_template, template_dir, stop_check, on_log, on_step,
+                        control=None) -> TrainResult:
     from transformers import AutoTokenizer
 
     from tuneops.train import sft
@@ -194,7 +196,8 @@ def _train_on_responses(base_path, rows, teacher, teacher_tok, *, method, spec, 
                            hint="check the teacher (and its chat template), or raise objective.max_completion_length")
     result = sft.train(base_path, new_rows, method=method, spec=spec, objective=ObjectiveSpec(kind="sft"),
                        out_dir=out_dir, base_id=base_id, eval_rows=eval_rows, chat_template=chat_template,
-                       template_dir=template_dir, stop_check=stop_check, on_log=on_log, on_step=on_step)
+                       template_dir=template_dir, stop_check=stop_check, on_log=on_log, on_step=on_step,
+                       control=control)
     result.extra.update(distill_mode="responses", teacher_rows_generated=len(new_rows),
                         teacher_rows_empty=len(rows) - len(new_rows), teacher_seconds=round(gen_seconds, 2),
                         teacher_example=new_rows[0]["messages"][-1]["content"][:500])
@@ -202,7 +205,8 @@ def _train_on_responses(base_path, rows, teacher, teacher_tok, *, method, spec, 
 
 
 def _train_on_logits(base_path, rows, teacher, teacher_tok, *, method, spec, objective, out_dir, base_id,
-                     eval_rows, chat_template, template_dir, stop_check, on_log, on_step) -> TrainResult:
+                     eval_rows, chat_template, template_dir, stop_check, on_log, on_step,
+                     control=None) -> TrainResult:
     from datasets import Dataset
     from transformers import PrinterCallback
     from trl import SFTConfig

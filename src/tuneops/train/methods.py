@@ -112,21 +112,22 @@ def peak_rss_mb() -> float:
     return round(rss, 1)
 
 
-def save_artifact(model, out_dir: Path, *, method: LoraSpec, base_id: str) -> int:
+def save_artifact(model, out_dir: Path, *, method: LoraSpec, base_id: str, state_dict: dict | None = None) -> int:
     """Save what the artifact holds (adapter files, or the whole model for ``full``) and return its
     size in bytes. Configs point at the base id, not a local path, so the content hash depends on
     what the artifact is, not where it was trained."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    extra = {"state_dict": state_dict} if state_dict is not None else {}
     if method.kind == "full":
-        model.save_pretrained(out_dir, safe_serialization=True)
+        model.save_pretrained(out_dir, safe_serialization=True, **extra)
         keep = FULL_MODEL_FILES
         cfg_path = out_dir / "config.json"
         cfg = json.loads(cfg_path.read_text())
         cfg["_name_or_path"] = base_id
         cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     else:
-        model.save_pretrained(out_dir)
+        model.save_pretrained(out_dir, **extra)
         keep = ADAPTER_FILES
         cfg_path = out_dir / "adapter_config.json"
         cfg = json.loads(cfg_path.read_text())

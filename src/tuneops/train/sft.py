@@ -323,7 +323,11 @@ def finish(trainer, *, method: LoraSpec, out_dir: Path, base_id: str, t0: float,
         raise GuardTripped(f"the trained weights hold non-finite values ({len(bad)} tensors, e.g. {bad[0]}); "
                            "nothing was saved", hint="enable train.guards (on by default) and lower the learning rate")
     out_dir = Path(out_dir)
-    size = save_artifact(model, out_dir, method=method, base_id=base_id)
+    state_dict = None
+    if getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False):
+        # ZeRO-3 / FSDP shard the weights: gather them (a collective, on every rank) before saving
+        state_dict = trainer.accelerator.get_state_dict(trainer.model)
+    size = save_artifact(model, out_dir, method=method, base_id=base_id, state_dict=state_dict)
     if template_text is not None:  # an overridden template travels with the artifact (eval and serving use it)
         (out_dir / "chat_template.jinja").write_text(template_text, encoding="utf-8")
         size += len(template_text.encode())

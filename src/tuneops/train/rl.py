@@ -89,7 +89,7 @@ def train_rl(base_path: Path, rows: list[dict], *, method: LoraSpec, spec: Train
              out_dir: Path, base_id: str, eval_rows: list[dict] | None = None, chat_template: str | None = None,
              template_dir: Path | None = None, stop_check: StopCheck | None = None,
              on_log: Callable[[dict], None] | None = None, on_step: Callable[[int, int], None] | None = None,
-             reward_fn: Callable | None = None, reward_tokenizer=None, **_) -> TrainResult:
+             reward_fn: Callable | None = None, reward_tokenizer=None, control=None, **_) -> TrainResult:
     """GRPO or RLOO on ``rows`` (chat rows) with ``objective.reward`` — or ``reward_fn``, a resolved reward
     function or reward model (an ``nn.Module`` scored with ``reward_tokenizer``, default the student's)."""
     import torch

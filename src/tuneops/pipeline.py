@@ -21,10 +21,11 @@ from tuneops.eval.gates import check_gates
 from tuneops.eval.paired import plot_comparison, run_paired_eval, save_eval_report
 from tuneops.eval.suite import EVAL_DATASET, MemorisationSource, Suite, load_suite
 from tuneops.models.base import base_dir, load_base, resolve_base
+from tuneops.release.lineage import check_base_compatible
 from tuneops.release.registry import artifact_dir, promote, register_adapter, resolve_alias
 from tuneops.store import Store
 from tuneops.store.store import TERMINAL_STATES
-from tuneops.store.ids import new_run_id
+from tuneops.store.ids import new_run_id, sha256_bytes
 from tuneops.store.runs import Heartbeat, clean_scratch
 from tuneops.store.schema import AliasMove, ArtifactRecord, EvalReportRecord, RunEvent, RunRecord
 from tuneops.train.canaries import canary_record, check_recorded, looks_like_canary, make_canaries, plant_canaries
@@ -148,6 +149,8 @@ class TrainingPlan:
     replay_dataset: str | None = None
     teacher_path: Path | None = None
     teacher_adapter: Path | None = None
+    teacher: dict | None = None  # {"ref", "artifact", "base"}: recorded in the artifact's lineage
+    reward_model: str | None = None  # a reward-model artifact id (grpo / rloo), recorded likewise
     reward_fn: Callable | None = None
     template_dir: Path | None = None
 
@@ -211,6 +214,7 @@ def plan_training(store: Store, recipe: Recipe, base) -> TrainingPlan:
             except TuneopsError as e:
                 raise _named(recipe, "objective.reward", e) from None
             plan.reward_fn = reward_model_fn(store, reward_art)
+            plan.reward_model = reward_art.id
         else:
             from tuneops.train.rewards import load_reward
 
@@ -230,8 +234,10 @@ def plan_training(store: Store, recipe: Recipe, base) -> TrainingPlan:
                                                                                                          teacher_ref)
                 teacher_base = store.get_base(art.base_id)
                 plan.teacher_adapter = artifact_dir(store, art)
+                plan.teacher = {"ref": teacher_ref, "artifact": art.id, "base": teacher_base.id}
             else:
                 teacher_base = resolve_base(store, teacher_ref)
+                plan.teacher = {"ref": teacher_ref, "artifact": None, "base": teacher_base.id}
         except TuneopsError as e:
             raise _named(recipe, "objective.teacher", e) from None
         plan.teacher_path = base_dir(store, teacher_base)
@@ -548,11 +554,17 @@ def load_paired(store: Store, artifact: ArtifactRecord, other: ArtifactRecord | 
     paths = {"candidate": artifact_dir(store, artifact)}
     if other is not None:
         paths["baseline"] = artifact_dir(store, other)
-    model, tokenizer = load_base(store, store.get_base(artifact.base_id))
-    for path in paths.values():
-        tpl = path / "chat_template.jinja"
-        if tpl.exists():
-            tokenizer.chat_template = tpl.read_text(encoding="utf-8")
+    base = store.get_base(artifact.base_id)
+    templates = [path / "chat_template.jinja" for path in paths.values() if (path / "chat_template.jinja").exists()]
+    # Both sides are prompted with one template (the last shipped one, else the base's): each adapter must have
+    # been trained on this base with that template, or it is refused before any model loads.
+    prompted_with = sha256_bytes(templates[-1].read_bytes()) if templates else None
+    for art in (artifact, other):
+        if art is not None:
+            check_base_compatible(store, art, base, template_sha256=prompted_with)
+    model, tokenizer = load_base(store, base)
+    if templates:
+        tokenizer.chat_template = templates[-1].read_text(encoding="utf-8")
     full = {name: load_file(str(path / "model.safetensors")) for name, path in paths.items()
             if (path / "model.safetensors").exists() and not (path / "adapter_config.json").exists()}
     adapters = [name for name in paths if name not in full]
@@ -878,6 +890,10 @@ def _execute(store: Store, recipe: Recipe, run_id: str, work: Path, outcome: Run
     lineage = {"objective": recipe.objective.kind, "template_sha256": result.template_sha256}
     if plan.replay_dataset:
         lineage["replay_dataset"] = plan.replay_dataset
+    if plan.teacher:  # an alias in the recipe moves; the lineage keeps what it pointed at (tuneops registry lineage)
+        lineage["teacher"] = plan.teacher
+    if plan.reward_model:
+        lineage["reward_model"] = plan.reward_model
     artifact, _ = register_adapter(store, result.adapter_dir, base_id=base.id, method=recipe.method.kind,
                                    run_id=run_id, dataset_ids=[train_ds.id, eval_ds.id] + (
                                        [plan.replay_dataset] if plan.replay_dataset else []),

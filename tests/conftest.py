@@ -14,6 +14,26 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 PG_URL = os.environ.get("TUNEOPS_TEST_PG_URL")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def signing_key(tmp_path_factory):
+    """Every test (and every CLI subprocess it starts: the variables are in os.environ) signs with one
+    ed25519 key made for the session in a temp dir, never the user's own keys. A fresh store trusts it
+    on its first signature; tests of untrusted or revoked keys make their own."""
+    from tuneops.release.signing import generate_key
+
+    saved = {k: os.environ.get(k) for k in ("TUNEOPS_KEY_DIR", "TUNEOPS_SIGNING_KEY")}
+    folder = tmp_path_factory.mktemp("signing-keys")
+    os.environ["TUNEOPS_KEY_DIR"] = str(folder)
+    os.environ.pop("TUNEOPS_SIGNING_KEY", None)
+    key = generate_key(folder)
+    yield key
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture(scope="session")
 def smollm_tokenizer_dir(tmp_path_factory) -> Path:
     """The real SmolLM2 tokenizer (from the embedded GGUF), saved once per session."""

@@ -20,6 +20,11 @@ Bounded and hostile-input proof:
 - Stored files are verified on every request that uses them; a mismatch unloads the adapter,
   answers 503 ``integrity_check_failed`` and turns /healthz to 503 "degraded" until the files
   verify again.
+- An artifact is served only with a valid signature by a key the store trusts (else 403
+  ``signature_missing`` / ``signature_untrusted`` / ``signature_revoked`` / ``signature_invalid``)
+  and not after its deprecation sunset (410 ``model_sunset``), checked on every request; before the
+  sunset a deprecated artifact is served with ``Deprecation``, ``Sunset`` and ``Warning`` headers and
+  ``tuneops.deprecation`` in the body.
 """
 
 import asyncio
@@ -45,7 +50,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tuneops.errors import IntegrityError, InvalidInput, NotFound, TuneopsError
 from tuneops.eval.generate import encode_chat, generate_chat
 from tuneops.models.base import base_dir, load_base
-from tuneops.release.registry import ALIAS_RE, aliases, artifact_dir, resolve_alias
+from tuneops.release.registry import (
+    ALIAS_RE, aliases, artifact_dir, check_release, deprecation_status, resolve_alias,
+)
 from tuneops.store import Store
 from tuneops.store.schema import ArtifactRecord
 
@@ -226,7 +233,8 @@ class AdapterPool:
         self.cancels: set[threading.Event] = set()
 
     def resolve(self, ref: str) -> tuple[ArtifactRecord | None, str | None]:
-        """(artifact or None for the base, alias label or None)."""
+        """(artifact or None for the base, alias label or None). An artifact must be validly signed by a
+        trusted key and not past its sunset (SignatureError, SunsetPassed otherwise)."""
         if ref in (self.base.id, self.base.name):
             return None, None
         if ref.startswith("ad-"):
@@ -239,7 +247,23 @@ class AdapterPool:
         if art.base_id != self.base.id:
             raise InvalidInput(f"{art.id} was trained on {art.base_id}, but this server runs {self.base.id}",
                                hint=f"start another server with --base {art.base_id}")
+        self._check_release(art)
         return art, label
+
+    def _check_release(self, artifact: ArtifactRecord) -> None:
+        """Signature and sunset (registry.check_release). A refused adapter that is loaded (it was valid
+        once: its key was revoked since, or its sunset passed) is unloaded on the generation thread."""
+        try:
+            check_release(self.store, artifact)
+        except TuneopsError as e:
+            log.warning("refused %s: %s", artifact.id, e.message)
+            if artifact.id in self.loaded:
+                self.executor.submit(self._unload_locked, artifact.id)
+            raise
+
+    def _unload_locked(self, artifact_id: str) -> None:
+        with self.lock:
+            self._unload(artifact_id)
 
     def count_prompt(self, chat: list[dict]) -> int:
         with self.count_lock:
@@ -275,6 +299,11 @@ class AdapterPool:
             self._record(artifact.id, artifact, e)
             raise
         self._record(artifact.id, artifact, None)
+        try:  # again at load time: a key may have been revoked, or the sunset passed, since resolve
+            check_release(self.store, artifact)
+        except TuneopsError:
+            self._unload(artifact.id)
+            raise
         return path
 
     def _unload(self, artifact_id: str):
@@ -645,9 +674,34 @@ def create_app(store: Store, base_id: str, *, api_key: str | None = None, max_bo
                         "requested": req.model, "interrupted": interrupted},
         }
         headers = {"X-Tuneops-Base": pool.base.id, "X-Tuneops-Artifact": artifact.id if artifact else "none"}
+        notice = deprecation_status(artifact) if artifact is not None else None
+        if notice:
+            body["tuneops"]["deprecation"] = {"sunset": notice["sunset"], "reason": notice.get("reason"),
+                                              "message": notice["message"]}
+            headers.update(_deprecation_headers(notice))
         return JSONResponse(body, headers=headers)
 
     return app
+
+
+def _deprecation_headers(notice: dict) -> dict:
+    """RFC 9745 ``Deprecation`` (when it was deprecated), RFC 8594 ``Sunset`` (the end of the sunset day,
+    UTC: refused from then on) and a ``Warning`` for clients that only log that one. No user text: the
+    reason is in the body's ``tuneops.deprecation``."""
+    import datetime as dt
+    from email.utils import format_datetime
+
+    end = dt.datetime.combine(dt.date.fromisoformat(notice["sunset"]) + dt.timedelta(days=1), dt.time(),
+                              tzinfo=dt.timezone.utc)
+    headers = {"Sunset": format_datetime(end, usegmt=True),
+               "Warning": f'299 tuneops "deprecated: refused after {notice["sunset"]}"',
+               "X-Tuneops-Deprecated": notice["sunset"]}
+    try:
+        at = dt.datetime.fromisoformat(str(notice.get("at")))
+        headers["Deprecation"] = f"@{int(at.timestamp())}"
+    except (TypeError, ValueError):
+        headers["Deprecation"] = "?1"  # the older draft's boolean form
+    return headers
 
 
 def default_base_id(store: Store) -> str:

@@ -931,11 +931,9 @@ def _execute(store: Store, recipe: Recipe, run_id: str, work: Path, outcome: Run
         alias = f"{recipe.target.alias}@{recipe.target.stage}"
         try:
             outcome.promotion = promote(store, artifact.id, alias)
-        except GateFailed as e:
+        except TuneopsError as e:  # gates, signature, licence, taint…: not a failure of the run
             outcome.promotion_refused = e.message
-            store.add_run_event(run_id, "promotion_refused", alias=alias, reason=e.message)
-        except TuneopsError as e:  # e.g. already points here: not a failure of the run
-            outcome.promotion_refused = e.message
+            store.add_run_event(run_id, "promotion_refused", alias=alias, reason=e.message, hint=e.hint)
 
 
 def leakage_targets(store: Store, refs: list[str], *, where: str = "--against") -> dict[str, list[str]]:

@@ -53,7 +53,9 @@ from tuneops.models.base import base_dir, load_base
 from tuneops.release.registry import (
     ALIAS_RE, aliases, artifact_dir, check_release, deprecation_status, resolve_alias,
 )
+from tuneops.release.lineage import check_base_compatible
 from tuneops.store import Store
+from tuneops.store.ids import sha256_bytes
 from tuneops.store.schema import ArtifactRecord
 
 log = logging.getLogger("tuneops.serve")
@@ -216,6 +218,8 @@ class AdapterPool:
         self.store = store
         self.base = store.get_base(base_id)
         self.model, self.tokenizer = load_base(store, self.base)
+        template = getattr(self.tokenizer, "chat_template", None)
+        self.template_sha256 = sha256_bytes(template.encode()) if isinstance(template, str) else None
         # Request threads count prompt tokens with their own copy: a HF fast tokenizer must not be
         # used from two threads at once, and the generation thread uses the original.
         self.count_tokenizer = copy.deepcopy(self.tokenizer)
@@ -244,9 +248,8 @@ class AdapterPool:
         else:
             raise NotFound(f"model {ref!r} is not an alias, artifact id or base id",
                            hint="see GET /v1/models")
-        if art.base_id != self.base.id:
-            raise InvalidInput(f"{art.id} was trained on {art.base_id}, but this server runs {self.base.id}",
-                               hint=f"start another server with --base {art.base_id}")
+        # Another base, or a chat template other than the one this server prompts with: refused, naming both.
+        check_base_compatible(self.store, art, self.base, template_sha256=self.template_sha256)
         self._check_release(art)
         return art, label
 

@@ -189,3 +189,27 @@ def test_deterministic_mode_gives_bit_identical_adapters(tiny_model_dir, tmp_pat
     assert outs[0] == outs[1]
     env = ctl.environment()
     assert env["versions"]["torch"] == torch.__version__ and env["threads"] >= 1
+
+
+def test_select_best_registers_the_checkpoint_with_the_lowest_held_out_loss(tiny_model_dir, tmp_path):
+    records = []
+    control = RunControl(checkpoint_dir=tmp_path / "ckpt", every=2, keep=1, select="best", guards=GuardSpec(),
+                         on_checkpoint=records.append)
+    spec = TrainSpec(**{**SPEC, "eval_steps": 2})
+    # held-out rows unlike the training rows: the more the model fits the JSON replies, the worse it does here
+    other = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+             for q, a in [("Say hello.", "Hello there, my friend!"), ("Name a colour.", "Blue, like the sea."),
+                          ("Count to three.", "One, two, three."), ("Greet me.", "Good morning to you!")]]
+    result = train(tiny_model_dir, ROWS, method=METHOD, spec=spec, out_dir=tmp_path / "adapter", base_id="base-tiny",
+                   eval_rows=other, control=control)
+    scored = [(r["metrics"]["eval_loss"], r["step"]) for r in records if "eval_loss" in r["metrics"]]
+    assert len(scored) >= 3
+    best_loss, best_step = min(scored)
+    assert best_step != 9, scored  # the test means something only if an earlier checkpoint wins
+    assert control.selected["step"] == best_step and control.selected["eval_loss"] == best_loss
+    # the kept set is the newest one plus the best, and the saved artifact holds the best one's weights
+    kept = {p.name for p in ctl.local_checkpoints(tmp_path / "ckpt")}
+    assert f"checkpoint-{best_step}" in kept
+    best_adapter = load_file(str(tmp_path / "ckpt" / f"checkpoint-{best_step}" / "adapter_model.safetensors"))
+    assert _max_diff(best_adapter, _weights(tmp_path / "adapter")) == 0.0
+    assert result.steps == 9

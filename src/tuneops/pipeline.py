@@ -736,6 +736,13 @@ def _mark_ended(store: Store, run_id: str, e: BaseException) -> None:
     """Record why a run stopped: cancelled (Ctrl-C), interrupted (SIGTERM) or failed (an error)."""
     if isinstance(e, RunStopped):
         state, why = e.state, e.reason
+        try:  # `tuneops runs cancel` interrupts the process too: what the user asked for is a cancel
+            if store.get_run(run_id).control == "cancel":
+                asked = store.run_events(run_id, "cancel_requested")
+                state = "cancelled"
+                why = (asked[-1].payload.get("reason") if asked else None) or "cancelled by the user"
+        except Exception:  # noqa: BLE001  (bookkeeping never hides the stop itself)
+            pass
     elif isinstance(e, RunPruned):
         state, why = "cancelled", e.reason
     elif isinstance(e, KeyboardInterrupt):
@@ -805,7 +812,8 @@ def run_control(store: Store, recipe: Recipe, run_id: str, work: Path, *, heartb
             trial_hook(entry["step"], entry["eval_loss"])
 
     def stop_requested():
-        return "paused" if heartbeat is not None and heartbeat.requested == "pause" else None
+        asked = heartbeat.requested if heartbeat is not None else None
+        return {"pause": "paused", "cancel": "cancelled"}.get(asked)
 
     quarantined = {e.payload["batch"] for e in store.run_events(run_id, "guard") if e.payload.get("batch")}
     strikes = sum(1 for e in store.run_events(run_id, "guard") if e.payload.get("strike"))

@@ -108,6 +108,10 @@ def cancel_run(store: Store, run_id: str, reason: str | None = None, *, wait_s: 
             raise StateError(f"run {run_id} is alive on host {run.host} (pid {run.pid}); it can only be "
                              "cancelled there", hint="run `tuneops runs cancel` on that host, or wait until "
                                                      "its heartbeat stops and reconcile")
+        def ask(s):  # a training run sees this and stops as cancelled (not interrupted) after its step
+            r = s.get(RunRecord, run_id, with_for_update=True)
+            r.control = "cancel"
+        store.transact(ask)
         store.add_run_event(run_id, "cancel_requested", reason=why, by_pid=os.getpid())
         os.kill(run.pid, signal.SIGINT)
         deadline = time.monotonic() + wait_s

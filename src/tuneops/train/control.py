@@ -484,8 +484,10 @@ def run_trainer(trainer, control: RunControl | None) -> None:
     finished = trainer.state.max_steps and trainer.state.global_step >= trainer.state.max_steps
     if stop and not finished:
         state, _, detail = stop.partition(":")
-        reason = {"paused": "paused by the user (tuneops runs pause)"}.get(state, f"interrupted by {detail or state}")
-        code = 128 + int(getattr(signal, detail, 0)) if state == "interrupted" and detail else 0
+        reason = {"paused": "paused by the user (tuneops runs pause)",
+                  "cancelled": "cancelled by the user (tuneops runs cancel)"}.get(state, f"interrupted by {detail or state}")
+        code = 128 + int(getattr(signal, detail, 0)) if state == "interrupted" and detail else (
+            130 if state == "cancelled" else 0)
         raise RunStopped(state, f"{reason}; checkpointed at step {trainer.state.global_step}, resume with "
                                 f"`tuneops runs resume`", exit_code=code)
 

@@ -58,9 +58,11 @@ def register(app: typer.Typer, registry_app: typer.Typer) -> None:
         emit_one({k: v for k, v in out.items() if v is not None}, as_json=False, title=f"export {rec.id}")
         for name, c in checks.items():
             bound = c.get("bounds", {}).get("max_abs_logit_diff")
+            kl = c.get("bounds", {}).get("max_mean_kl")
             say(f"check {name}: {'passed' if c.get('passed') else 'FAILED'} · max |Δlogit| "
                 f"{c['max_abs_logit_diff']:.3g} (bound {bound:g}) · top-1 agreement {c['top1_agreement']:.4f} · "
-                f"greedy identical {c['greedy_identical']}")
+                + (f"mean KL {c['mean_kl']:.2g} (bound {kl:g}) · " if kl is not None else "")
+                + f"greedy identical {c['greedy_identical']}")
         for line in load:
             say("load with: ", line)
         say("see ", str(Path(rec.path) / "EXPORT.md"), " for versions and notes")
@@ -71,13 +73,17 @@ def register(app: typer.Typer, registry_app: typer.Typer) -> None:
         """Recorded exports: where, what format, the digest of the written files, who."""
         from tuneops.release.export import export_summary, list_exports
 
+        recs = list_exports(_store(), artifact)
+        if as_json:
+            emit([{**export_summary(r), "created_at": r.created_at} for r in recs], as_json=True)
+            return
         rows = []
-        for rec in list_exports(_store(), artifact):
+        for rec in recs:
             s = export_summary(rec)
-            s["checks"] = {k: ("passed" if v.get("passed") else "FAILED") + f" {v['max_abs_logit_diff']:.2g}"
-                           for k, v in s["checks"].items()} if not as_json else s["checks"]
-            s["created_at"] = rec.created_at
-            rows.append(s)
-        emit(rows, as_json=as_json, title="exports",
-             columns=None if as_json else ("id", "artifact", "format", "gguf_type", "path", "digest", "bytes",
-                                           "checks", "actor", "created_at"))
+            rows.append({"id": rec.id, "artifact": rec.artifact_id,
+                         "format": f"{rec.format} {s['gguf_type']}" if s["gguf_type"] else rec.format,
+                         "path": rec.path, "digest": rec.digest[:16], "MB": round(s["bytes"] / 1e6, 1),
+                         "checks": ", ".join(f"{k} {'passed' if v.get('passed') else 'FAILED'}"
+                                             for k, v in s["checks"].items()),
+                         "actor": rec.actor, "created_at": rec.created_at})
+        emit(rows, as_json=False, title="exports")

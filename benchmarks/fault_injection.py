@@ -28,21 +28,11 @@ CLI = [sys.executable, "-m", "tuneops.cli.main"]
 
 
 def tiny_model(out: Path) -> Path:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    """The same 2-layer random Llama the serving benchmark builds (one builder for both)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from serve_fuzz import _tiny_model_dir
 
-    from tuneops.models.base import embedded_gguf_path
-
-    gguf = embedded_gguf_path()
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return _tiny_model_dir(out)
 
 
 def cli(home: Path, *args, env=None, check=True) -> subprocess.CompletedProcess:

@@ -245,3 +245,8 @@ class ExportRecord(Base):
     details: Mapped[dict] = mapped_column(JSON, default=dict)  # files, checks (max logit diff, readback…)
     actor: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# Serving tables live in their own modules (one owner each); importing them here registers them on
+# Base.metadata, so every store creates them.
+from tuneops.store import schema_routes, schema_tenants, schema_traces  # noqa: E402,F401

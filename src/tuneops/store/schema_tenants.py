@@ -1,0 +1,3 @@
+"""Tables for serving (tenants), on the ledger's declarative Base; imported by schema.py so every store has them."""
+
+from tuneops.store.schema import Base  # noqa: F401

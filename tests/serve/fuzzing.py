@@ -34,7 +34,7 @@ FIELDS = ["model", "messages", "messages.0", "messages.0.role", "messages.0.cont
           "max_completion_tokens", "temperature", "top_p", "n", "stop", "seed", "stream", "tools",
           "response_format", "logit_bias", "presence_penalty", "user", "extra_unknown_field"]
 REFUSED = ["tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs", "response_format",
-           "logit_bias", "stream", "presence_penalty", "frequency_penalty"]
+           "logit_bias", "presence_penalty", "frequency_penalty"]
 BROKEN_BODIES = [b"", b"{", b"}", b"null", b"[]", b'"x"', b"\xff\xfe\x00", b'{"model": "\xff"}',
                  b"[" * 50_000 + b"]" * 50_000, b'{"model": "tiny", "messages": [' + b'{"role": "user"},' * 10 + b"]}"]
 

@@ -92,7 +92,7 @@ def test_unknown_routes_and_methods_are_openai_shaped(served):
 @pytest.mark.parametrize("param, value", [
     ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
     ("tool_choice", "required"), ("functions", [{"name": "f"}]), ("logprobs", True), ("top_logprobs", 3),
-    ("response_format", {"type": "json_object"}), ("logit_bias", {"1": 5}), ("stream", True),
+    ("response_format", {"type": "json_object"}), ("logit_bias", {"1": 5}),
     ("presence_penalty", 0.5), ("frequency_penalty", -1.0),
 ])
 def test_unsupported_parameters_are_refused_by_name(served, param, value):

@@ -13,8 +13,10 @@ def test_openai_client_alias_artifact_and_base(served):
     messages = [{"role": "user", "content": "Ada, 36, London"}]
     by_alias = client.chat.completions.create(model="tiny", messages=messages, max_tokens=5)
     assert by_alias.model == artifact.id
-    assert by_alias.tuneops == {"base": base.id, "artifact": artifact.id, "alias": "tiny@production",
-                                "requested": "tiny", "interrupted": None}
+    meta = dict(by_alias.tuneops)
+    assert meta.pop("request_id").startswith("tr-")
+    assert meta == {"base": base.id, "artifact": artifact.id, "alias": "tiny@production", "requested": "tiny",
+                    "interrupted": None, "path": "batched", "role": "primary", "fallback": None}
     assert by_alias.usage.completion_tokens <= 5 and by_alias.choices[0].message.role == "assistant"
     by_id = client.chat.completions.create(model=artifact.id, messages=messages, max_tokens=5)
     assert by_id.choices[0].message.content == by_alias.choices[0].message.content  # greedy: same adapter, same text

@@ -214,6 +214,7 @@ def test_an_older_schema_falls_back_and_the_sqlalchemy_path_upgrades_it(sqlite_s
     db = sqlite3.connect(store.home / "tuneops.db")
     db.execute("ALTER TABLE runs DROP COLUMN heartbeat_at")  # as a store from before liveness tracking
     db.execute("DROP TABLE dataset_names")  # as a store from before dataset names
+    db.execute("DROP TABLE tuneops_schema_version")  # …and from before schema versions
     db.commit()
     db.close()
     assert fastread.list_runs(cli_main.RUN_FIELDS, as_json=True, home=store.home) is None

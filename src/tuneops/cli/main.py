@@ -715,8 +715,18 @@ def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
           max_body_bytes: int = typer.Option(1 << 20, min=1024, help="Largest request body accepted (413 above)."),
           request_timeout: float = typer.Option(120.0, min=1.0, help="Seconds a request may take, queueing "
                                                                       "included; generation stops there."),
-          max_tokens_limit: int = typer.Option(2048, min=1, help="Largest max_tokens a request may ask for.")):
-    """OpenAI-compatible server: POST /v1/chat/completions, GET /v1/models; model = alias, artifact or base."""
+          max_tokens_limit: int = typer.Option(2048, min=1, help="Largest max_tokens a request may ask for."),
+          max_batch: int = typer.Option(8, min=1, max=256, help="Rows per forward pass (requests for different "
+                                                                "adapters share one)."),
+          batch_window_ms: float = typer.Option(5.0, min=0.0, max=1000.0,
+                                                help="How long the engine waits to fill a batch."),
+          max_resident: int = typer.Option(64, min=1, help="Adapters kept loaded (LRU by content hash)."),
+          memory_budget_mb: Optional[float] = typer.Option(None, min=1.0, help="Memory the resident adapters "
+                                                                               "may use (evicts LRU above it)."),
+          max_cold_loads: int = typer.Option(2, min=1, help="Adapters loading at once; more cold ones queue."),
+          pin: list[str] = typer.Option([], "--pin", help="Alias or artifact kept resident (repeatable).")):
+    """OpenAI-compatible server: /v1/chat/completions, /v1/completions (streaming too), /v1/models; model =
+    alias, artifact or base; requests for different adapters are batched together."""
     store = _store()
     import uvicorn
 
@@ -725,7 +735,10 @@ def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
     base_id = base or default_base_id(store)
     with status(f"loading {base_id}…"):
         application = create_app(store, base_id, api_key=api_key, max_body_bytes=max_body_bytes,
-                                 request_timeout=request_timeout, max_tokens_limit=max_tokens_limit)
+                                 request_timeout=request_timeout, max_tokens_limit=max_tokens_limit,
+                                 max_batch=max_batch, batch_window_s=batch_window_ms / 1000,
+                                 max_resident=max_resident, memory_budget_mb=memory_budget_mb,
+                                 max_cold_loads=max_cold_loads, pinned=tuple(pin))
     say(f"serving {base_id} on http://{host}:{port}/v1  (models: GET /v1/models"
         + (", API key required)" if api_key else ", no API key: local use only)"))
     uvicorn.run(application, host=host, port=port, log_level="warning")
@@ -756,16 +769,17 @@ def _mount_optional():
 
 _mount_optional()
 
-from tuneops.cli import recipe_cmd, tune_cmd, worker_cmd  # noqa: E402  (typer and rich only at import time)
+from tuneops.cli import recipe_cmd, tenants_cmd, traces_cmd, tune_cmd, worker_cmd  # noqa: E402  (typer and rich only at import time)
 
-for _module in (recipe_cmd, worker_cmd, tune_cmd):
+for _module in (recipe_cmd, worker_cmd, tune_cmd, tenants_cmd, traces_cmd):
     _module.register(app)
 
-from tuneops.cli import audit_cmd, card_cmd, export_cmd, release_cmd, runs_cmd  # noqa: E402
+from tuneops.cli import audit_cmd, card_cmd, export_cmd, release_cmd, route_cmd, runs_cmd  # noqa: E402
 
 runs_cmd.register(runs_app)
 for _module in (audit_cmd, card_cmd, export_cmd, release_cmd):
     _module.register(app, registry_app)
+route_cmd.register(registry_app)
 
 
 # -- the one error path ----------------------------------------------------------------------

@@ -113,9 +113,8 @@ def erase(store: Store, *, subject: str | None = None, source: str | None = None
         s.expunge(er)
     for info in affected.values():
         for digest in (info["purged_blob"], info.get("purged_index")):
-            path = store.blobs.blob_path(digest) if digest else None
-            if path is not None and path.exists():
-                path.unlink()
+            if digest:  # locally and on the remote blob store, if there is one
+                store.blobs.delete_blob(digest)
     return er
 
 

@@ -273,7 +273,7 @@ def signature_status(store: Store, art: ArtifactRecord) -> dict:
 
 def alias_target_at(store: Store, alias: str, at: datetime | None) -> str | None:
     """What ``alias`` pointed at at time ``at`` (its history replayed), else what it points at now."""
-    from tuneops.release.registry import parse_alias
+    from tuneops.release.registry import TARGET_ACTIONS, parse_alias
 
     try:
         name, stage = parse_alias(alias)
@@ -283,6 +283,8 @@ def alias_target_at(store: Store, alias: str, at: datetime | None) -> str | None
     for mv in store.alias_history(name, stage):
         if at is not None and mv.at is not None and mv.at.replace(tzinfo=None) > at.replace(tzinfo=None):
             break
+        if mv.action not in TARGET_ACTIONS:  # canary/shadow moves route traffic, they do not move the target
+            continue
         target = mv.to_artifact
     if target is None:
         with store.session(write=False) as s:

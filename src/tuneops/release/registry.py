@@ -350,6 +350,11 @@ def latest_eval(store: Store, artifact_id: str, *, gated: bool = False) -> EvalR
         return rec
 
 
+# The moves that re-point an alias. Route moves (canary, canary_rollback, shadow, route_clear: see
+# release/routing.py) are logged in the same hash-chained history but leave the target and this list alone.
+TARGET_ACTIONS = ("promote", "rollback")
+
+
 def _stack(moves: list[AliasMove]) -> list[str]:
     """The rollback list: each promote pushes its target, each rollback pops the current one."""
     stack: list[str] = []
@@ -375,17 +380,23 @@ def _lock_alias(s: Session, name: str, stage: str) -> AliasRecord | None:
 
 
 def _append_move(s: Session, store: Store, *, name: str, stage: str, action: str, current: AliasRecord | None,
-                 to_artifact: str, reason: str | None, **audit_details) -> AliasMove:
-    """Record one move under the alias lock: from = the current target, `at` never runs backwards."""
+                 to_artifact: str, reason: str | None, from_artifact: str | None = None,
+                 **audit_details) -> AliasMove:
+    """Record one move under the alias lock: from = the current target (unless given), `at` never runs
+    backwards. Only the TARGET_ACTIONS re-point the alias; a route move is recorded and nothing else."""
     last = s.scalars(select(AliasMove).where(AliasMove.name == name, AliasMove.stage == stage)
                      .order_by(AliasMove.seq.desc()).limit(1)).first()
     now = utcnow()
     if last is not None:
         last_at = last.at if last.at.tzinfo else last.at.replace(tzinfo=timezone.utc)
         now = max(now, last_at)  # clocks of different writers may disagree; history order may not
+    if from_artifact is None:
+        from_artifact = current.artifact_id if current else None
     move = AliasMove(name=name, stage=stage, action=action, to_artifact=to_artifact, at=now,
-                     from_artifact=current.artifact_id if current else None, actor=default_actor(), reason=reason)
-    if current is None:
+                     from_artifact=from_artifact, actor=default_actor(), reason=reason)
+    if action not in TARGET_ACTIONS:
+        pass  # a route move (release/routing.py): logged and chained, the alias keeps its target
+    elif current is None:
         s.add(AliasRecord(name=name, stage=stage, artifact_id=to_artifact, updated_at=now))
     else:
         current.artifact_id = to_artifact

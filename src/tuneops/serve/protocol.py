@@ -32,6 +32,9 @@ class GenRequest:
     # contains a stop string, nor a trailing piece that could still turn into one.
     on_delta: Callable[[int, str], None] | None = None
     tag: str = ""                     # request id, for logs
+    # Set by the engine when the request enters its first forward pass (the front gives up on requests
+    # still queued past their queue deadline: 503 server_busy).
+    started: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass

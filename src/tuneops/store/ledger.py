@@ -119,7 +119,7 @@ def head_payload(chain: str, seq: int, entry_hash_: str, recovered_at: str | Non
     return payload
 
 
-# -- signing (release/signing.py; imported lazily, the store layer does not need it otherwise) ------------
+# -- signing (store/keys.py; imported lazily, as it needs cryptography) --------------------------------
 
 _KEYS: dict[tuple[str, str], Any] = {}
 
@@ -127,7 +127,7 @@ _KEYS: dict[tuple[str, str], Any] = {}
 def _signing_key():
     """The writer's active key, or None (no key, unreadable key, cryptography missing): never fails a write."""
     try:
-        from tuneops.release.signing import key_dir, load_key
+        from tuneops.store.keys import key_dir, load_key
     except ImportError:
         return None
     directory = key_dir()
@@ -359,7 +359,7 @@ def _trusted(conn) -> dict[str, tuple[str, datetime | None]]:
 
 
 def _check_signature(report: ChainReport, head, trusted, require_signed: bool, *, empty: bool = False) -> None:
-    from tuneops.release.signing import verify_with
+    from tuneops.store.keys import verify_with
 
     sig = head.signature if isinstance(head.signature, dict) else None
     recovered_at = sig.get("recovered_at") if sig else None

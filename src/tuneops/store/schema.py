@@ -161,7 +161,8 @@ class AliasMove(Base):
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(200), index=True)
     stage: Mapped[str] = mapped_column(String(64))
-    action: Mapped[str] = mapped_column(String(32))  # promote | rollback
+    # promote | rollback move the target; canary | shadow | canary_rollback | route_clear only route traffic
+    action: Mapped[str] = mapped_column(String(32))
     from_artifact: Mapped[str | None] = mapped_column(String(64), nullable=True)
     to_artifact: Mapped[str] = mapped_column(String(64))
     actor: Mapped[str] = mapped_column(String(200))

@@ -12,9 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
-from sqlalchemy import create_engine, event, select, text
+from sqlalchemy import create_engine, event, inspect, select, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError as DBIntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError as DBIntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tuneops.errors import Contention, NotFound, StateError
@@ -36,6 +36,7 @@ from tuneops.store.schema import (
 )
 
 DEFAULT_HOME = ".tuneops"
+_SCHEMA_LOCK = 7210553511  # PostgreSQL advisory lock key for schema setup
 T = TypeVar("T")
 
 # queued -> validating_data -> running -> evaluating -> succeeded | failed | cancelled | interrupted.
@@ -56,21 +57,6 @@ RUN_TRANSITIONS: dict[str, set[str]] = {
     "interrupted": {"queued", "cancelled"},
     "paused": {"queued", "cancelled"},
 }
-
-_APPEND_ONLY_SQLITE = [
-    "CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit "
-    "BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END",
-    "CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit "
-    "BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END",
-]
-_APPEND_ONLY_POSTGRES = [
-    "CREATE OR REPLACE FUNCTION tuneops_audit_append_only() RETURNS trigger AS $$ "
-    "BEGIN RAISE EXCEPTION 'audit log is append-only'; END; $$ LANGUAGE plpgsql",
-    "DROP TRIGGER IF EXISTS audit_append_only ON audit",
-    "CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit "
-    "FOR EACH ROW EXECUTE FUNCTION tuneops_audit_append_only()",
-]
-
 
 def default_actor() -> str:
     """Who acts: ``$TUNEOPS_ACTOR`` (a configured user name), else the OS user; with a signing key, its key
@@ -123,62 +109,56 @@ def _retryable(exc: BaseException) -> bool:
         k in msg for k in ("locked", "busy", "deadlock", "could not serialize", "lock timeout"))
 
 
-def _ensure_schema(conn) -> None:
-    """Create what is missing — tables, nullable columns added since, the audit log's append-only
-    triggers — and nothing else: on a current store this only reads the catalog, so opening a store
-    never takes DDL locks that could deadlock with other processes' ordinary transactions.
+def _open_schema(engine: Engine) -> None:
+    """Make sure the database is at the schema this code expects (store/migrations).
 
-    An older store is upgraded in place (additive changes only; a real migration tool, alembic,
-    takes over when a change is not additive): its datasets get name links for their names."""
-    from sqlalchemy import inspect
+    A current store costs one SELECT in a read transaction (no lock, no alembic import). Otherwise the
+    upgrade runs in a write transaction (BEGIN IMMEDIATE on SQLite, an advisory lock on PostgreSQL) that
+    re-checks first: of several processes opening an old or fresh store at once, one upgrades and the
+    others find it done."""
+    from tuneops.store import migrations
 
-    insp = inspect(conn)
-    before = set(insp.get_table_names())
-    if {t.name for t in Base.metadata.sorted_tables} - before:
-        Base.metadata.create_all(conn)
-        insp = inspect(conn)
-    for table in Base.metadata.sorted_tables:
-        if table.name not in before:
-            continue
-        have = {c["name"] for c in insp.get_columns(table.name)}
-        for col in table.columns:
-            if col.name not in have and col.nullable:
-                ddl = col.type.compile(dialect=conn.dialect)
-                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {ddl}'))
-    if "datasets" in before and "dataset_names" not in before:
-        conn.execute(text("INSERT INTO dataset_names (name, dataset_id, created_at) "
-                          "SELECT d.name, d.id, d.created_at FROM datasets d"))
-    dialect = conn.dialect.name
-    if dialect == "sqlite":
-        for stmt in _APPEND_ONLY_SQLITE:  # IF NOT EXISTS: a no-op once they are there
-            conn.execute(text(stmt))
-    elif dialect == "postgresql":
-        present = conn.execute(text("SELECT 1 FROM pg_trigger WHERE tgname = 'audit_append_only'")).first()
-        if present is None:
-            for stmt in _APPEND_ONLY_POSTGRES:
-                conn.execute(text(stmt))
+    sql, triggers = migrations.check_sql(engine.dialect.name)
+    models = migrations.models_digest(Base.metadata)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(text(sql)).first()
+    except DBAPIError:  # no version table yet (a fresh store, or one from before the migrations)
+        row = None
+    if migrations.is_current(row, models, triggers):
+        return
+    with engine.execution_options(tuneops_write=True).begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Several processes may open a fresh database at once; DDL (CREATE OR REPLACE FUNCTION
+            # in particular) is not safe to run concurrently, so schema setup takes a lock.
+            conn.execute(text(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})"))
+        # Under the lock, ask the catalog first: a failed SELECT would abort a PostgreSQL transaction.
+        row = conn.execute(text(sql)).first() if inspect(conn).has_table(migrations.VERSION_TABLE) else None
+        if not migrations.is_current(row, models, triggers):
+            migrations.upgrade(conn, Base.metadata)
 
 
 class Store:
-    """The store rooted at ``home`` (created if needed unless ``create=False``)."""
+    """The store rooted at ``home`` (created if needed unless ``create=False``).
 
-    def __init__(self, home: Path | str = DEFAULT_HOME, db_url: str | None = None, *, create: bool = True):
+    ``db_url`` (else ``$TUNEOPS_DB_URL``, else ``home/tuneops.db``): the metadata database. ``blob_url``
+    (else ``$TUNEOPS_BLOB_URL``): an fsspec URL every blob and tree is also written to, and read back
+    from (verified) when the local copy under ``home`` is missing; see store/blobs.py."""
+
+    def __init__(self, home: Path | str = DEFAULT_HOME, db_url: str | None = None, *, create: bool = True,
+                 blob_url: str | None = None):
         self.home = Path(home).resolve()
         self.db_url = db_url or os.environ.get("TUNEOPS_DB_URL") or f"sqlite:///{self.home / 'tuneops.db'}"
+        self.blob_url = blob_url or os.environ.get("TUNEOPS_BLOB_URL") or None
         if not create and not self.exists(self.home, self.db_url):
             raise NotFound(f"no tuneops store at {self.home}",
                            hint="create one with `tuneops init`, or point at yours with --home DIR / $TUNEOPS_HOME")
         self.home.mkdir(parents=True, exist_ok=True)
         self.engine = _make_engine(self.db_url)
-        with self.engine.execution_options(tuneops_write=True).begin() as conn:
-            if self.engine.dialect.name == "postgresql":
-                # Several processes may open a fresh database at once; DDL (CREATE OR REPLACE FUNCTION
-                # in particular) is not safe to run concurrently, so schema setup takes a lock.
-                conn.execute(text("SELECT pg_advisory_xact_lock(7210553511)"))
-            _ensure_schema(conn)
+        _open_schema(self.engine)
         self._reads = sessionmaker(self.engine, expire_on_commit=False)
         self._writes = sessionmaker(self.engine.execution_options(tuneops_write=True), expire_on_commit=False)
-        self.blobs = BlobStore(self.home)
+        self.blobs = BlobStore(self.home, remote_url=self.blob_url)
         try:  # the hash chain over the audit log and alias moves (store/ledger.py), hooked on every flush
             from tuneops.store import ledger
         except ImportError:

@@ -46,11 +46,24 @@ def test_the_generation_prompt_is_the_training_prefix(tok):
 
 
 def test_truncation_is_counted_not_silent(tok):
-    rows = [{"messages": CHAT}, {"messages": CHAT[:2]}]
-    report = preflight(tok, rows, max_length=30)
-    toks = tokenize_rows(tok, rows, max_length=30, report=report)
-    assert all(len(t.input_ids) <= 30 for t in toks)
-    assert report.over_max_length == 2 and report.truncated_tokens > 0 and report.longest > 30
+    rows = [{"messages": CHAT}, {"messages": CHAT[:2]}]  # 62 and 36 tokens; the first reply ends at token 35
+    report = preflight(tok, rows, max_length=34)
+    toks = tokenize_rows(tok, rows, max_length=34, report=report)
+    assert all(len(t.input_ids) <= 34 for t in toks)
+    assert report.over_max_length == 2 and report.truncated_tokens == (62 - 34) + (36 - 34)
+    assert report.longest == 62 and report.rows_without_trained_tokens == 0
+
+
+def test_rows_whose_trained_tokens_are_all_cut_are_left_out_and_counted(tok):
+    long_prompt = [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]
+    rows = [{"messages": CHAT}, {"messages": long_prompt}, {"messages": CHAT[:2]}]
+    report = preflight(tok, rows, max_length=64)
+    toks = tokenize_rows(tok, rows, max_length=64, report=report)
+    assert len(toks) == 2 and all(any(lab != -100 for lab in t.labels) for t in toks)
+    assert report.rows_without_trained_tokens == 1
+    assert any("row 2" in p and "max_length 64" in p for p in report.problems)
+    with pytest.raises(InvalidInput, match="every row loses all its trained tokens"):
+        tokenize_rows(tok, [{"messages": long_prompt}], max_length=64)
 
 
 def test_default_system_prompt_is_found_and_applied(tok):

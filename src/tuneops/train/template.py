@@ -41,6 +41,9 @@ class Preflight:
     over_max_length: int = 0
     longest: int = 0
     truncated_tokens: int = 0
+    # Rows whose trained tokens were all cut by max_length: they teach nothing (and a batch of only such rows
+    # has no loss at all), so they are left out of training and counted here.
+    rows_without_trained_tokens: int = 0
     tokens: int = 0
     trained_tokens: int = 0
     default_system_prompt: str | None = None
@@ -218,18 +221,35 @@ def preflight(tokenizer, rows: list[dict], *, max_length: int, all_turns: bool =
 
 def tokenize_rows(tokenizer, rows: list[dict], *, max_length: int, all_turns: bool = True,
                   train_on_prompt: bool = False, report: Preflight | None = None) -> list[Tokenized]:
-    """Every row tokenized and masked; truncation counted into ``report`` (never silent)."""
-    out = []
+    """Every row tokenized and masked; truncation counted into ``report`` (never silent).
+
+    A row with no trained token left after truncation (its prompt fills ``max_length``) is dropped and
+    counted (``rows_without_trained_tokens``, and the first row numbers in ``problems``); if no row is left,
+    InvalidInput says to raise ``train.max_length``."""
+    out, dropped = [], []
     for i, r in enumerate(rows, start=1):
         tok = tokenize_chat(tokenizer, r["messages"], max_length=max_length, all_turns=all_turns,
                             train_on_prompt=train_on_prompt, row_no=i)
-        out.append(tok)
+        trained = sum(1 for lab in tok.labels if lab != -100)
         if report is not None:
             length = len(tok.input_ids) + tok.truncated
             report.longest = max(report.longest, length)
-            report.tokens += len(tok.input_ids)
-            report.trained_tokens += sum(1 for lab in tok.labels if lab != -100)
             if tok.truncated:
                 report.over_max_length += 1
                 report.truncated_tokens += tok.truncated
+        if trained == 0:
+            dropped.append(i)
+            continue
+        out.append(tok)
+        if report is not None:
+            report.tokens += len(tok.input_ids)
+            report.trained_tokens += trained
+    if dropped and report is not None:
+        report.rows_without_trained_tokens += len(dropped)
+        shown = ", ".join(map(str, dropped[:5])) + (f" and {len(dropped) - 5} more" if len(dropped) > 5 else "")
+        report.problems.append(f"{len(dropped)} row(s) left out: max_length {max_length} cuts every trained token "
+                               f"(row {shown}); raise train.max_length to keep them")
+    if rows and not out:
+        raise InvalidInput(f"every row loses all its trained tokens to max_length {max_length} (the prompts alone "
+                           f"fill it)", hint="raise train.max_length, or shorten the prompts")
     return out

@@ -97,7 +97,8 @@ def test_sigterm_checkpoints_marks_interrupted_and_resume_finishes(tiny_env, tmp
 
 def test_pause_then_resume(tiny_env, tmp_path):
     store, base = tiny_env
-    recipe = _recipe_file(tmp_path, base.id, max_steps=300, checkpoints={"every": 1000, "keep": 1, "epoch_end": False})
+    # Long enough to be running when the pause arrives; the resumed rest trains in-process, so not longer.
+    recipe = _recipe_file(tmp_path, base.id, max_steps=120, checkpoints={"every": 1000, "keep": 1, "epoch_end": False})
     proc = start(store.home, "train", recipe, TUNEOPS_HEARTBEAT_S="0.2")
     try:
         deadline = time.time() + 120

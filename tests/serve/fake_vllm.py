@@ -15,7 +15,14 @@ Answers are canned text naming the model asked for (``"[MODEL] hello from fake v
 see where a request was routed. ``state.calls`` records every request (path, JSON body); ``state.gate``
 (a threading.Event, set by default) holds streams open after their first chunk until it is set, to keep
 requests in flight; ``state.fail`` = (status, body) answers the next generation request with it;
-``state.drop_after`` = N breaks the next stream off after N content chunks (the engine dying).
+``state.drop_after`` = N breaks the next stream off after N content chunks (the engine dying);
+``state.delay`` spaces the streamed pieces; ``state.aborted`` counts streams whose client left early.
+
+Like vLLM: ``/v1/completions`` takes ``prompt`` as text or a list of token ids (usage counts those),
+answers ``n`` choices (streamed interleaved, by ``index``), stops after ``max_tokens`` pieces (one
+"token" each; finish "length") or before the first ``stop`` string (left out of the text; finish
+"stop"), and with ``stream_options.continuous_usage_stats`` puts each choice's running
+``completion_tokens`` on its chunks.
 Run it with ``python -m tests.serve.fake_vllm serve MODEL --port P --served-model-name NAME
 --lora-modules name=path …`` (what a fake ``vllm`` executable on PATH does).
 """
@@ -34,6 +41,31 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 WORDS = ["hello", " from", " fake", " vLLM"]
 
 
+def _pieces(model: str, max_tokens, stop) -> tuple[list[str], str, int]:
+    """The streamed pieces (one "token" each) of the canned answer, its finish_reason and its token
+    count: at most ``max_tokens`` pieces ("length"), cut before the first stop string ("stop", the stop
+    left out of the text but its token counted, as vLLM does)."""
+    pieces = [f"[{model}] ", *WORDS]
+    pieces[1] = pieces[1].lstrip()
+    finish = "stop"
+    if isinstance(max_tokens, int) and max_tokens < len(pieces):
+        pieces, finish = pieces[:max_tokens], "length"
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    text = "".join(pieces)
+    cuts = [text.find(s) for s in stops if s and s in text]
+    if not cuts:
+        return pieces, finish, len(pieces)
+    cut, out, at = min(cuts), [], 0
+    for k, p in enumerate(pieces):
+        if at + len(p) > cut:
+            if cut > at:
+                out.append(p[:cut - at])
+            return out, "stop", k + 1
+        out.append(p)
+        at += len(p)
+    return out, "stop", len(pieces)
+
+
 def _error(status: int, message: str, type_: str, param: str | None = None) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": status}},
                         status_code=status)
@@ -48,6 +80,8 @@ class FakeState:
         self.gate.set()
         self.fail: tuple[int, dict | str] | None = None
         self.drop_after: int | None = None  # the next stream breaks off (connection dropped) after N chunks
+        self.delay = 0.0                    # seconds between streamed pieces
+        self.aborted = 0                    # streams whose client left before the end
         self.lock = threading.Lock()
 
     def paths(self) -> list[str]:
@@ -120,45 +154,68 @@ def create_fake_vllm(base_name: str = "base", loras: dict[str, str] | None = Non
             model = body.get("model")
             if model != state.base_name and model not in state.loras:
                 return _error(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
-            words = [f"[{model}]", *WORDS]
-            text = " ".join([words[0], "".join(words[1:]).strip()])
+            prompt = body.get("prompt")
+            if not chat and not (isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(
+                    isinstance(t, int) and not isinstance(t, bool) for t in prompt))):
+                return _error(400, "prompt must be a string or a list of token ids", "BadRequestError", "prompt")
+            prompt_tokens = len(prompt) if isinstance(prompt, list) else 3
+            n = int(body.get("n") or 1)
+            pieces, finish, tokens = _pieces(model, body.get("max_tokens"), body.get("stop"))
+            text = "".join(pieces)
             rid = f"{'chatcmpl' if chat else 'cmpl'}-{time.time_ns()}"
             obj = "chat.completion" if chat else "text_completion"
-            usage = {"prompt_tokens": 3, "completion_tokens": len(words), "total_tokens": 3 + len(words)}
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n * tokens,
+                     "total_tokens": prompt_tokens + n * tokens}
             if not body.get("stream"):
-                choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-                          if chat else {"index": 0, "text": text, "finish_reason": "stop"})
-                return {"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": [choice],
+                choices = [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+                           if chat else {"index": i, "text": text, "finish_reason": finish} for i in range(n)]
+                return {"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": choices,
                         "usage": usage}
 
             drop, state.drop_after = state.drop_after, None  # taken by this request, not a later one
+            options = body.get("stream_options") or {}
+            continuous = bool(options.get("include_usage") and options.get("continuous_usage_stats"))
 
             async def events():
-                def chunk(delta: str | None, finish: str | None = None, role: bool = False) -> bytes:
+                def chunk(i: int, delta: str | None, finish: str | None = None, role: bool = False,
+                          done_tokens: int | None = None) -> bytes:
                     if chat:
                         d = {"role": "assistant", "content": ""} if role else ({"content": delta} if delta else {})
-                        choice = {"index": 0, "delta": d, "finish_reason": finish}
+                        choice = {"index": i, "delta": d, "finish_reason": finish}
                     else:
-                        choice = {"index": 0, "text": delta or "", "finish_reason": finish}
+                        choice = {"index": i, "text": delta or "", "finish_reason": finish}
                     data = {"id": rid, "object": f"{obj}.chunk" if chat else obj, "created": int(time.time()),
                             "model": model, "choices": [choice]}
+                    if continuous and done_tokens is not None:
+                        data["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": done_tokens,
+                                         "total_tokens": prompt_tokens + done_tokens}
                     return b"data: " + json.dumps(data).encode() + b"\n\n"
 
-                if chat:
-                    yield chunk(None, role=True)
-                pieces = [words[0] + " ", *WORDS]
-                pieces[1] = pieces[1].lstrip()
-                for i, piece in enumerate(pieces):
-                    if drop is not None and i >= drop:
-                        raise RuntimeError("fake vLLM: engine died mid-stream")
-                    yield chunk(piece)
-                    if i == 0 and not state.gate.is_set():
-                        await asyncio.to_thread(state.gate.wait, 30)
-                yield chunk(None, "stop")
-                if (body.get("stream_options") or {}).get("include_usage"):
-                    yield b"data: " + json.dumps({"id": rid, "object": obj, "model": model, "choices": [],
-                                                  "usage": usage}).encode() + b"\n\n"
-                yield b"data: [DONE]\n\n"
+                finished = False
+                try:
+                    if chat:
+                        for i in range(n):
+                            yield chunk(i, None, role=True)
+                    for k, piece in enumerate(pieces):
+                        if drop is not None and k >= drop:
+                            raise RuntimeError("fake vLLM: engine died mid-stream")
+                        for i in range(n):
+                            yield chunk(i, piece, done_tokens=k + 1)
+                        if k == 0 and not state.gate.is_set():
+                            await asyncio.to_thread(state.gate.wait, 30)
+                        if state.delay:
+                            await asyncio.sleep(state.delay)
+                    for i in range(n):
+                        yield chunk(i, None, finish, done_tokens=tokens)
+                    if options.get("include_usage"):
+                        yield b"data: " + json.dumps({"id": rid, "object": obj, "model": model, "choices": [],
+                                                      "usage": usage}).encode() + b"\n\n"
+                    yield b"data: [DONE]\n\n"
+                    finished = True
+                finally:
+                    if not finished and drop is None:
+                        with state.lock:
+                            state.aborted += 1  # the client went away: vLLM aborts such a request
 
             return StreamingResponse(events(), media_type="text/event-stream")
 

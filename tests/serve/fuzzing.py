@@ -13,6 +13,8 @@ from collections import Counter
 import httpx
 
 CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+GENERATING = (CHAT, COMPLETIONS)
 
 
 class Raw:
@@ -33,8 +35,10 @@ HOSTILE_VALUES = [
 FIELDS = ["model", "messages", "messages.0", "messages.0.role", "messages.0.content", "max_tokens",
           "max_completion_tokens", "temperature", "top_p", "n", "stop", "seed", "stream", "tools",
           "response_format", "logit_bias", "presence_penalty", "user", "extra_unknown_field"]
+COMPLETION_FIELDS = ["model", "prompt", "prompt.0", "max_tokens", "temperature", "top_p", "n", "stop", "seed",
+                     "stream", "echo", "suffix", "best_of", "logprobs", "user", "stream_options", "extra_unknown_field"]
 REFUSED = ["tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs", "response_format",
-           "logit_bias", "presence_penalty", "frequency_penalty"]
+           "logit_bias", "presence_penalty", "frequency_penalty", "echo", "suffix", "best_of"]
 BROKEN_BODIES = [b"", b"{", b"}", b"null", b"[]", b'"x"', b"\xff\xfe\x00", b'{"model": "\xff"}',
                  b"[" * 50_000 + b"]" * 50_000, b'{"model": "tiny", "messages": [' + b'{"role": "user"},' * 10 + b"]}"]
 
@@ -78,12 +82,14 @@ class _Tally:
     def __init__(self):
         self.statuses: Counter = Counter()
         self.server_errors: list[dict] = []
-        self.generated = 0  # 200 answers from /v1/chat/completions: generation really ran
+        self.generated = 0  # 200 answers from /v1/chat/completions or /v1/completions: generation really ran
+        self.generated_by_path: Counter = Counter()
 
     def add(self, kind: str, status: int, request: str, answer: str, path: str):
         self.statuses[status] += 1
-        if status == 200 and path == CHAT:
+        if status == 200 and path in GENERATING:
             self.generated += 1
+            self.generated_by_path[path] += 1
         if status >= 500 and len(self.server_errors) < 20:
             self.server_errors.append({"kind": kind, "status": status, "request": request[:500],
                                        "answer": answer[:500]})
@@ -91,20 +97,29 @@ class _Tally:
 
 def _hostile(url: str, models: list[str], n: int, rng: random.Random, tally: _Tally, client: httpx.Client):
     for i in range(n):
+        path = COMPLETIONS if i % 3 == 2 else CHAT  # a third on the text completions endpoint
         if i % 10 == 9:
             raw = rng.choice(BROKEN_BODIES)
             ctype = rng.choice(["application/json", "text/plain", None])
-        else:
+        elif path == CHAT:
             valid = {"model": rng.choice(models), "messages": [{"role": "user", "content": "Ada, 36, London"}],
                      "max_tokens": 4}
             raw = _dump(_mutate(valid, rng.choice(FIELDS), rng.choice(HOSTILE_VALUES), rng))
             ctype = "application/json"
+        else:
+            valid = {"model": rng.choice(models), "prompt": rng.choice(["Ada, 36, London", ["one", "two"]]),
+                     "max_tokens": 4}
+            field = rng.choice(COMPLETION_FIELDS)
+            if field == "prompt.0" and not isinstance(valid["prompt"], list):
+                field = "prompt"
+            raw = _dump(_mutate(valid, field, rng.choice(HOSTILE_VALUES), rng))
+            ctype = "application/json"
         headers = {"content-type": ctype} if ctype else {}
-        r = client.post(url + CHAT, content=raw, headers=headers)
-        tally.add("hostile", r.status_code, raw[:500].decode("utf-8", "replace"), r.text, CHAT)
+        r = client.post(url + path, content=raw, headers=headers)
+        tally.add("hostile", r.status_code, raw[:500].decode("utf-8", "replace"), r.text, path)
 
 
-def _schema_cases(url: str, models: list[str], n: int, seed: int, tally: _Tally):
+def _schema_cases(url: str, models: list[str], n: int, seed: int, tally: _Tally, headers: dict | None = None):
     """n requests spread over the schema's operations, valid (positive) and invalid (negative)."""
     import requests
     import schemathesis
@@ -118,8 +133,8 @@ def _schema_cases(url: str, models: list[str], n: int, seed: int, tally: _Tally)
     operations = [result.ok() for result in schema.get_all_operations()]
     session = requests.Session()
     plan = [(op, mode) for op in operations for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)]
-    # Most of the budget on the endpoint that generates text.
-    weights = [4 if op.path == CHAT else 1 for op, _ in plan]
+    # Most of the budget on the endpoints that generate text.
+    weights = [4 if op.path == CHAT else 3 if op.path == COMPLETIONS else 1 for op, _ in plan]
     budgets = [max(1, n * w // sum(weights)) for w in weights]
     for (op, mode), budget in zip(plan, budgets):
         strategy = op.as_strategy(generation_mode=mode)
@@ -131,12 +146,12 @@ def _schema_cases(url: str, models: list[str], n: int, seed: int, tally: _Tally)
         def one(case, pick, model):
             # A random string is an unknown model (404 before generation), and a random value of a
             # refused parameter a 400: mostly, name a real model and keep to what generation uses.
-            if op.path == CHAT and isinstance(case.body, dict) and pick:
+            if op.path in GENERATING and isinstance(case.body, dict) and pick:
                 case.body["model"] = model
                 if mode == GenerationMode.POSITIVE:
                     for name in REFUSED:
                         case.body.pop(name, None)
-            r = case.call(base_url=url, session=session, timeout=120)
+            r = case.call(base_url=url, session=session, timeout=120, headers=headers)
             tally.add(f"schema {mode.value}", r.status_code, case.as_curl_command(base_url=url), r.text, op.path)
 
         try:
@@ -145,15 +160,18 @@ def _schema_cases(url: str, models: list[str], n: int, seed: int, tally: _Tally)
             pass
 
 
-def fuzz(url: str, models: list[str], n_requests: int = 200, seed: int = 0) -> dict:
-    """Send about ``n_requests`` hostile or generated requests to a running server; what came back."""
+def fuzz(url: str, models: list[str], n_requests: int = 200, seed: int = 0, api_key: str | None = None) -> dict:
+    """Send about ``n_requests`` hostile or generated requests to a running server; what came back.
+    ``api_key``: sent as a bearer token with every request (a tenant's key)."""
     rng = random.Random(seed)
     tally = _Tally()
     # Two thirds from the schema (some operations admit fewer cases), the rest hostile mutations.
-    _schema_cases(url, models, n_requests * 2 // 3, seed, tally)
-    with httpx.Client(timeout=120) as client:
+    auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    _schema_cases(url, models, n_requests * 2 // 3, seed, tally, auth or None)
+    with httpx.Client(timeout=120, headers=auth) as client:
         _hostile(url, models, max(0, n_requests - sum(tally.statuses.values())), rng, tally, client)
     total = sum(tally.statuses.values())
     return {"requests": total, "by_status": dict(sorted(tally.statuses.items())), "generated": tally.generated,
+            "generated_by_path": dict(tally.generated_by_path),
             "server_errors": tally.server_errors,
             "count_5xx": sum(c for s, c in tally.statuses.items() if s >= 500)}

@@ -60,7 +60,8 @@ def make_adapter(out: Path, model_dir: Path, seed: int, *, kind: str = "lora", r
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.requires_grad:
-                p.copy_(torch.randn(p.shape, generator=gen) * (0.6 if "lora" in name else 1.0) + (1.0 if kind == "ia3" else 0.0))
+                noise = torch.randn(p.shape, generator=gen) * (0.6 if "lora" in name else 1.0)
+                p.copy_(noise + (1.0 if kind == "ia3" else 0.0))   # IA3 scales: around 1
     model.save_pretrained(out)
     return out
 
@@ -115,6 +116,8 @@ def adapters(tiny_model_dir, tmp_path_factory):
         "dora": make_adapter(root / "dora", tiny_model_dir, 5, targets=("q_proj", "v_proj"), use_dora=True),
         "prefix": make_adapter(root / "prefix", tiny_model_dir, 6, kind="prefix"),
         "big": make_adapter(root / "big", tiny_model_dir, 7, r=16, alpha=16, targets=("q_proj",)),
+        "prompt": make_adapter(root / "prompt", tiny_model_dir, 8, kind="prompt"),
+        "ia3": make_adapter(root / "ia3", tiny_model_dir, 9, kind="ia3"),
     }
 
 
@@ -211,16 +214,16 @@ def test_rows_joining_mid_generation_do_not_change_each_other(make_engine, tiny_
 
 def test_dora_and_prefix_take_the_peft_path_and_stay_correct(make_engine, tiny_model_dir, adapters, prompts, tok):
     dirs = Dirs()
-    dora, prefix, qv = dirs.add(adapters["dora"]), dirs.add(adapters["prefix"]), dirs.add(adapters["qv"])
-    big = dirs.add(adapters["big"])
+    names = ["dora", "prefix", "qv", "big", "prompt", "ia3"]
+    arts = [dirs.add(adapters[n]) for n in names]
+    dora = arts[0]
     engine = make_engine(dirs, max_lora_rank=8)   # "big" is r=16: over the cap, so PEFT serves it
-    reqs = [GenRequest(artifact=a, prompt_ids=prompts[i], max_new_tokens=6)
-            for i, a in enumerate([dora, prefix, qv, big])]
+    reqs = [GenRequest(artifact=a, prompt_ids=prompts[i % len(prompts)], max_new_tokens=6) for i, a in enumerate(arts)]
     results = run_all(engine, reqs)
-    assert [r.path for r in results] == ["peft", "peft", "batched", "peft"]
-    for res, name, i in zip(results, ["dora", "prefix", "qv", "big"], range(4)):
+    assert [r.path for r in results] == ["peft", "peft", "batched", "peft", "peft", "peft"]
+    for i, (res, name) in enumerate(zip(results, names)):
         assert (res.choices[0].text, res.choices[0].completion_tokens) == \
-            reference(tiny_model_dir, adapters[name], prompts[i], 6, tok), name
+            reference(tiny_model_dir, adapters[name], prompts[i % len(prompts)], 6, tok), name
     # Once classified, the same adapter goes straight to the PEFT path (no second read of its files).
     again = engine.submit(GenRequest(artifact=dora, prompt_ids=prompts[0], max_new_tokens=6)).result(60)
     assert again.path == "peft" and again.choices[0].text == results[0].choices[0].text
@@ -289,13 +292,14 @@ def test_cancel_and_deadline_end_generation_with_what_was_made(make_engine, adap
 
     cancelled = engine.submit(GenRequest(artifact=qv, prompt_ids=prompts[0], max_new_tokens=200, cancel=cancel,
                                          on_delta=on_delta))
-    timed = engine.submit(GenRequest(artifact=None, prompt_ids=prompts[1], max_new_tokens=200,
-                                     deadline=time.monotonic() + 0.5))
+    # A slow client callback makes sure the deadline comes long before 300 tokens, even on a fast machine.
+    timed = engine.submit(GenRequest(artifact=None, prompt_ids=prompts[1], max_new_tokens=300,
+                                     deadline=time.monotonic() + 0.5, on_delta=lambda i, d: time.sleep(0.01)))
     already = engine.submit(GenRequest(artifact=None, prompt_ids=prompts[1], max_new_tokens=20,
                                        deadline=time.monotonic() - 1))
     c, t, a = (f.result(timeout=60).choices[0] for f in (cancelled, timed, already))
     assert (c.finish_reason, c.interrupted) == ("length", "cancelled") and 0 < c.completion_tokens < 200
-    assert (t.finish_reason, t.interrupted) == ("length", "time_limit") and t.completion_tokens < 200
+    assert (t.finish_reason, t.interrupted) == ("length", "time_limit") and t.completion_tokens < 300
     assert (a.interrupted, a.completion_tokens, a.text) == ("time_limit", 0, "")
 
 
@@ -322,7 +326,8 @@ def test_a_bad_adapter_fails_only_its_request(make_engine, adapters, prompts, tm
         futures[2].result(60)
     assert futures[3].result(60).path == "base"
     # ...and the engine keeps serving.
-    assert engine.submit(GenRequest(artifact=good, prompt_ids=prompts[1], max_new_tokens=3)).result(60).path == "batched"
+    again = engine.submit(GenRequest(artifact=good, prompt_ids=prompts[1], max_new_tokens=3)).result(60)
+    assert again.path == "batched"
     assert engine.stats()["failed"] == 2
 
 
@@ -383,3 +388,29 @@ def test_cache_is_keyed_by_content_never_by_name(make_engine, tiny_model_dir, ad
     assert r_new.choices[0].text == reference(tiny_model_dir, tmp_path / "v2", prompts[0], 8, tok)[0]
     assert r_old.choices[0].text != r_new.choices[0].text
     assert engine.stats()["resident"] == 2
+
+
+def test_hot_requests_keep_running_while_a_cold_adapter_loads(make_engine, adapters, prompts, monkeypatch):
+    """A cold adapter's files are read on a loader thread: requests for resident adapters do not wait for it."""
+    import tuneops.serve.engine as engine_module
+
+    dirs = Dirs()
+    hot, cold = dirs.add(adapters["qv"]), dirs.add(adapters["all"])
+    release = threading.Event()
+    real_read = engine_module.read_lora_adapter
+
+    def slow_read(path, *args, **kwargs):   # the real reader, held back for the cold adapter's directory
+        if Path(path) == adapters["all"]:
+            assert release.wait(60)
+        return real_read(path, *args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "read_lora_adapter", slow_read)
+    engine = make_engine(dirs, batch_window_s=0.0, max_cold_loads=1)
+    engine.submit(GenRequest(artifact=hot, prompt_ids=prompts[0], max_new_tokens=2)).result(60)   # now resident
+    waiting = engine.submit(GenRequest(artifact=cold, prompt_ids=prompts[0], max_new_tokens=2))
+    hot_results = run_all(engine, [GenRequest(artifact=hot, prompt_ids=prompts[i], max_new_tokens=4) for i in range(3)])
+    assert all(r.cold_load_s is None for r in hot_results) and not waiting.done()
+    assert engine.stats()["loading"] == 1
+    release.set()
+    res = waiting.result(60)
+    assert res.path == "batched" and res.cold_load_s is not None and res.cold_load_s > 0

@@ -139,11 +139,12 @@ def test_time_limit_returns_the_text_so_far(slow_store):
 
 @pytest.fixture(scope="module")
 def patient_server(slow_store):
-    """A server whose requests may take minutes, so only a leaving client can end them."""
+    """A server whose requests may take minutes, so only a leaving client can end them. One row per forward
+    pass (max_batch=1): a second request waits for its turn instead of joining the running batch."""
     from tuneops.serve.app import create_app
 
     store, base = slow_store
-    with running(create_app(store, base.id, request_timeout=600, max_tokens_limit=SLOW_TOKENS)) as url:
+    with running(create_app(store, base.id, request_timeout=600, max_tokens_limit=SLOW_TOKENS, max_batch=1)) as url:
         yield url, base
 
 
@@ -180,7 +181,7 @@ def test_waiting_past_the_queue_timeout_is_503_server_busy(slow_store):
 
     store, base = slow_store
     with running(create_app(store, base.id, request_timeout=600, queue_timeout=1.0,
-                                   max_tokens_limit=SLOW_TOKENS)) as url:
+                            max_tokens_limit=SLOW_TOKENS, max_batch=1)) as url:
         first = _Client(url, _chat(base.id, SLOW_TOKENS), patience=5.0)
         _wait_until(lambda: _health(url)["busy"], 2.0, "the first generation started")
         started = time.monotonic()

@@ -717,31 +717,116 @@ def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
                                                                       "included; generation stops there."),
           max_tokens_limit: int = typer.Option(2048, min=1, help="Largest max_tokens a request may ask for."),
           max_batch: int = typer.Option(8, min=1, max=256, help="Rows per forward pass (requests for different "
-                                                                "adapters share one)."),
+                                                                "adapters share one). Embedded engine."),
           batch_window_ms: float = typer.Option(5.0, min=0.0, max=1000.0,
-                                                help="How long the engine waits to fill a batch."),
-          max_resident: int = typer.Option(64, min=1, help="Adapters kept loaded (LRU by content hash)."),
+                                                help="How long the engine waits to fill a batch. Embedded engine."),
+          max_resident: int = typer.Option(64, min=1, help="Adapters kept loaded (LRU by content hash). "
+                                                           "Embedded engine."),
           memory_budget_mb: Optional[float] = typer.Option(None, min=1.0, help="Memory the resident adapters "
-                                                                               "may use (evicts LRU above it)."),
-          max_cold_loads: int = typer.Option(2, min=1, help="Adapters loading at once; more cold ones queue."),
-          pin: list[str] = typer.Option([], "--pin", help="Alias or artifact kept resident (repeatable).")):
+                                                                               "may use (evicts LRU above it). "
+                                                                               "Embedded engine."),
+          max_cold_loads: int = typer.Option(2, min=1, help="Adapters loading at once; more cold ones queue. "
+                                                            "Embedded engine."),
+          pin: list[str] = typer.Option([], "--pin", help="Alias or artifact kept resident (repeatable)."),
+          engine: str = typer.Option("embedded", "--engine",
+                                     help="embedded: the base in this process, adapters batched per row. vllm: "
+                                          "start vLLM's OpenAI server (adapters by artifact id) behind this same "
+                                          "front (tenants, routing, traces, metrics); needs `pip install vllm` "
+                                          "and a GPU."),
+          vllm_host: str = typer.Option("127.0.0.1", "--vllm-host", help="Where vLLM listens (--engine vllm); "
+                                                                         "clients talk to the front only."),
+          vllm_port: int = typer.Option(8001, "--vllm-port", min=1, max=65535, help="vLLM's port (--engine vllm)."),
+          max_loras: int = typer.Option(8, "--max-loras", min=1, help="Distinct adapters in one vLLM batch "
+                                                                      "(vLLM's own default is 1)."),
+          max_cpu_loras: Optional[int] = typer.Option(None, "--max-cpu-loras", min=1,
+                                                      help="Adapters vLLM keeps registered (default: every alias "
+                                                           "target, at least --max-loras)."),
+          max_lora_rank: Optional[int] = typer.Option(None, "--max-lora-rank",
+                                                      help="vLLM's largest adapter rank: 1, 8, 16, 32, 64, 128, 256, "
+                                                           "320 or 512 (default: the smallest that holds every "
+                                                           "alias target, at least 16)."),
+          dtype: str = typer.Option("auto", "--dtype", help="vLLM's --dtype (auto, bfloat16, float16, float32)."),
+          vllm_arg: list[str] = typer.Option([], "--vllm-arg",
+                                             help="Extra vLLM argument(s), repeatable, split like a shell would: "
+                                                  "--vllm-arg '--gpu-memory-utilization 0.5'."),
+          vllm_log: Optional[Path] = typer.Option(None, "--vllm-log", help="vLLM's log file (default: "
+                                                                           "STORE/logs/vllm.log)."),
+          vllm_start_timeout: float = typer.Option(900.0, "--vllm-start-timeout", min=1.0,
+                                                   help="Seconds to wait for vLLM's /health (model load, CUDA "
+                                                        "graphs)."),
+          vllm_export: str = typer.Option("checked", "--vllm-export",
+                                          help="How alias targets are exported for vLLM at start: checked "
+                                               "(`registry export --format peft`, recorded, logits compared on "
+                                               "CPU once per adapter) or copy (the verified files copied: faster "
+                                               "on big bases). Adapters registered later are always copied."),
+          skip_unservable: bool = typer.Option(False, "--skip-unservable",
+                                               help="Leave out alias targets vLLM cannot load (DoRA, IA3, prefix "
+                                                    "tuning…) instead of refusing to start (--engine vllm)."),
+          dry_run: bool = typer.Option(False, "--dry-run", help="--engine vllm: export what vLLM loads, print its "
+                                                                "command line and exit.")):
     """OpenAI-compatible server: /v1/chat/completions, /v1/completions (streaming too), /v1/models; model =
-    alias, artifact or base; requests for different adapters are batched together."""
-    store = _store()
-    import uvicorn
+    alias, artifact or base; requests for different adapters are batched together (in this process, or by
+    vLLM with --engine vllm, behind the same front)."""
+    import shlex
 
-    from tuneops.serve.app import create_app, default_base_id
+    from tuneops.errors import InvalidInput
+
+    if engine not in ("embedded", "vllm"):
+        raise InvalidInput(f"--engine must be 'embedded' or 'vllm', not {engine!r}")
+    if vllm_export not in ("checked", "copy"):
+        raise InvalidInput(f"--vllm-export must be 'checked' or 'copy', not {vllm_export!r}")
+    if dry_run and engine != "vllm":
+        raise InvalidInput("--dry-run prints the vLLM command: use it with --engine vllm")
+    store = _store()
+
+    from tuneops.serve.app import default_base_id
 
     base_id = base or default_base_id(store)
-    with status(f"loading {base_id}…"):
+    factory = None
+    if engine == "vllm":
+        from tuneops.serve.vllm import build_command
+        from tuneops.serve.vllm_engine import require_vllm, vllm_engine_factory
+
+        if not dry_run:
+            require_vllm()  # before exporting anything: say so at once where vLLM is missing
+        if vllm_port == port and (vllm_host == host or {vllm_host, host} & {"0.0.0.0", "::", ""}):
+            raise InvalidInput(f"--vllm-port {vllm_port} is the front's own --port",
+                               hint="give vLLM another port (default 8001)")
+        extra = [a for item in vllm_arg for a in shlex.split(item)]
+        with status(f"exporting {base_id} and its alias targets for vLLM…"):
+            plan = build_command(store, base_id, host=vllm_host, port=vllm_port, max_loras=max_loras,
+                                 max_cpu_loras=max_cpu_loras, max_lora_rank=max_lora_rank, dtype=dtype,
+                                 extra_args=extra, on_unservable="skip" if skip_unservable else "refuse",
+                                 checked_exports=vllm_export == "checked")
+        for alias, aid, why in plan.skipped:
+            say(f"not served by vLLM: {alias} -> {aid}: {why}", err=True)
+        for alias, aid in sorted(plan.aliases.items()):
+            say(f"{alias} -> {aid}", err=True)
+        if dry_run:
+            print(plan.command_line(), flush=True)
+            return
+        factory = vllm_engine_factory(plan, log_path=vllm_log, start_timeout=vllm_start_timeout,
+                                      on_step=lambda m: say(m, err=True))
+
+    import uvicorn
+
+    from tuneops.serve.app import create_app
+
+    with status(f"loading {base_id}…" if factory is None else f"starting vLLM for {base_id}…"):
         application = create_app(store, base_id, api_key=api_key, max_body_bytes=max_body_bytes,
                                  request_timeout=request_timeout, max_tokens_limit=max_tokens_limit,
                                  max_batch=max_batch, batch_window_s=batch_window_ms / 1000,
                                  max_resident=max_resident, memory_budget_mb=memory_budget_mb,
-                                 max_cold_loads=max_cold_loads, pinned=tuple(pin))
-    say(f"serving {base_id} on http://{host}:{port}/v1  (models: GET /v1/models"
+                                 max_cold_loads=max_cold_loads, pinned=tuple(pin), engine_factory=factory)
+    say(f"serving {base_id} on http://{host}:{port}/v1"
+        + (f" with vLLM at {plan.url}" if factory is not None else "")
+        + "  (models: GET /v1/models"
         + (", API key required)" if api_key else ", no API key: local use only)"))
-    uvicorn.run(application, host=host, port=port, log_level="warning")
+    try:
+        uvicorn.run(application, host=host, port=port, log_level="warning")
+    finally:
+        if factory is not None:  # the front's shutdown stops vLLM; this covers a front that never started
+            application.state.pool.close()
 
 
 @app.command()

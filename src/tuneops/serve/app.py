@@ -38,7 +38,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Callable, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -58,6 +58,9 @@ from tuneops.release.registry import (
 from tuneops.release.lineage import check_base_compatible
 from tuneops.release.routing import CanaryMonitor, RouteCache, choose_target, should_shadow
 from tuneops.serve.protocol import GenRequest, GenResult
+
+# (pool) -> an engine with submit(GenRequest) -> Future[GenResult], prefetch(artifact), stats(), close()
+EngineFactory = Callable[["AdapterPool"], Any]
 from tuneops.serve.metrics import ServeMetrics
 from tuneops.serve.tracing import TRACE_HEADER, Tracer
 from tuneops.serve.tenants import OPEN, ModelNotAllowed, Principal, QuotaLimiter, TenantDirectory
@@ -250,31 +253,46 @@ class AdapterPool:
 
     def __init__(self, store: Store, base_id: str, *, max_batch: int = 8, batch_window_s: float = 0.005,
                  max_resident: int = 64, memory_budget_bytes: int | None = None, max_cold_loads: int = 2,
-                 pinned: tuple[str, ...] = ()):
+                 pinned: tuple[str, ...] = (), engine_factory: "EngineFactory | None" = None):
         import copy
-
-        from tuneops.serve.engine import BatchEngine
 
         self.store = store
         self.base = store.get_base(base_id)
-        model, self.tokenizer = load_base(store, self.base)
+        if engine_factory is None:
+            model, self.tokenizer = load_base(store, self.base)
+            config = model.config
+        else:  # another engine (vLLM) holds the weights: only the tokenizer and config are needed here
+            from transformers import AutoConfig, AutoTokenizer
+
+            path = base_dir(store, self.base)
+            model, self.tokenizer, config = None, AutoTokenizer.from_pretrained(path), AutoConfig.from_pretrained(path)
+            if self.tokenizer.pad_token is None:
+                self.tokenizer.pad_token = self.tokenizer.eos_token
         template = getattr(self.tokenizer, "chat_template", None)
         self.template_sha256 = sha256_bytes(template.encode()) if isinstance(template, str) else None
         # Request threads encode prompts with their own copy: a HF fast tokenizer must not be used from
         # two threads at once, and the engine thread decodes with the original.
         self.count_tokenizer = copy.deepcopy(self.tokenizer)
         self.count_lock = threading.Lock()
-        self.context_length: int | None = getattr(model.config, "max_position_embeddings", None)
+        self.context_length: int | None = getattr(config, "max_position_embeddings", None)
         self.vocab_size: int = len(self.tokenizer)
         self.state_lock = threading.Lock()  # guards the bookkeeping below
         # id -> (artifact or None for the base, message, whether only a successful load clears it)
         self.failures: dict[str, tuple[ArtifactRecord | None, str, bool]] = {}
         self.known: dict[str, ArtifactRecord] = {}  # artifacts handed to the engine (for /healthz re-checks)
+        # Trees whose files verified and loaded once: the same bytes (verify checks their hashes on every call)
+        # load again, so the engine's per-request call of adapter_dir does not re-read the weights each time.
+        self.loadable: set[str] = set()
         pinned_ids = [self._pin_target(p) for p in pinned]
-        self.engine = BatchEngine(model, self.tokenizer, self.adapter_dir, max_batch=max_batch,
-                                  batch_window_s=batch_window_s, max_resident=max_resident,
-                                  memory_budget_bytes=memory_budget_bytes, max_cold_loads=max_cold_loads,
-                                  pinned=tuple(a.tree for a in pinned_ids))
+        if engine_factory is not None:
+            self.engine = engine_factory(self)
+        else:
+            from tuneops.serve.engine import BatchEngine
+
+            self.engine = BatchEngine(model, self.tokenizer, self.adapter_dir, max_batch=max_batch,
+                                      batch_window_s=batch_window_s, max_resident=max_resident,
+                                      memory_budget_bytes=memory_budget_bytes, max_cold_loads=max_cold_loads,
+                                      pinned=tuple(a.tree for a in pinned_ids))
         for art in pinned_ids:
             self.prefetch(art)
 
@@ -335,6 +353,18 @@ class AdapterPool:
             else:
                 self.failures[key] = (artifact, str(error), load_failed)
 
+    def resident_ids(self, stats: dict) -> list[str]:
+        """Artifact ids of the resident adapters (engines key them by content hash: ``resident_trees``)."""
+        if "resident_ids" in stats:
+            return sorted(stats["resident_ids"])
+        with self.state_lock:
+            by_tree = {a.tree: a.id for a in self.known.values()}
+        return sorted(by_tree.get(t, t) for t in stats.get("resident_trees", []))
+
+    def record_engine_failure(self, key: str, message: str | None) -> None:
+        """An engine reports a failure of its own (vLLM not answering) for /healthz, or its end (None)."""
+        self._record(key, None, RuntimeError(message) if message else None)
+
     def verify(self, artifact: ArtifactRecord | None) -> Path | None:
         """Check the base's and the artifact's stored files against their recorded hashes, on every request.
 
@@ -370,6 +400,8 @@ class AdapterPool:
         check_release(self.store, artifact)  # a key may have been revoked, or the sunset passed, since resolve
         from peft.utils import load_peft_weights
 
+        if artifact.tree in self.loadable:
+            return path
         try:
             load_peft_weights(str(path), device="cpu")
         except Exception as e:  # noqa: BLE001  (any failure to read stored files means: do not serve)
@@ -378,6 +410,7 @@ class AdapterPool:
             self._record(artifact.id, artifact, err, load_failed=True)
             raise err from e
         self._record(artifact.id, artifact, None)
+        self.loadable.add(artifact.tree)
         return path
 
     def prefetch(self, artifact: ArtifactRecord) -> None:
@@ -476,7 +509,7 @@ def create_app(store: Store, base_id: str, *, api_key: str | None = None, max_bo
                max_tokens_limit: int = 2048, max_batch: int = 8, batch_window_s: float = 0.005,
                max_resident: int = 64, memory_budget_mb: float | None = None, max_cold_loads: int = 2,
                pinned: tuple[str, ...] = (), fallback: Literal["error", "base"] = "error",
-               trace_content: bool = False) -> FastAPI:
+               trace_content: bool = False, engine_factory: "EngineFactory | None" = None) -> FastAPI:
     """The OpenAI-compatible app serving ``base_id`` and the adapters trained on it.
 
     api_key: when set, /v1/* needs ``Authorization: Bearer <api_key>`` (else 401).
@@ -490,10 +523,12 @@ def create_app(store: Store, base_id: str, *, api_key: str | None = None, max_bo
     fallback: when an adapter's files fail verification or loading, "error" answers 503
         (integrity_check_failed); "base" answers with the bare base and says so (``tuneops.fallback``,
         ``X-Tuneops-Fallback``).
+    engine_factory: builds the generation engine from the pool (default: the embedded BatchEngine on the base
+        loaded here); ``serve.vllm_engine`` puts vLLM behind the same front.
     trace_content: also keep each request's messages and answers in its trace, PII-redacted by the data
         layer's scanner (metadata — tenant, model, alias, artifact, base revision, timings — is always traced).
     """
-    pool = AdapterPool(store, base_id, max_batch=max_batch, batch_window_s=batch_window_s,
+    pool = AdapterPool(store, base_id, engine_factory=engine_factory, max_batch=max_batch, batch_window_s=batch_window_s,
                        max_resident=max_resident, max_cold_loads=max_cold_loads, pinned=tuple(pinned),
                        memory_budget_bytes=int(memory_budget_mb * 2**20) if memory_budget_mb else None)
 
@@ -648,9 +683,10 @@ def create_app(store: Store, base_id: str, *, api_key: str | None = None, max_bo
         failures = pool.health()
         st = pool.engine.stats()
         body = {"status": "degraded" if failures else "ok", "base": pool.base.id,
-                "adapters_loaded": sorted(st.get("resident_ids", [])), "failures": failures,
-                "busy": bool(st.get("busy")), "waiting": int(st.get("waiting", 0)),
-                "pool": {k: v for k, v in st.items() if k != "resident_ids"}}
+                "adapters_loaded": pool.resident_ids(st), "failures": failures,
+                # BatchEngine reports running_rows (no "busy"); an engine may say busy itself
+                "busy": bool(st.get("busy", st.get("running_rows", 0))), "waiting": int(st.get("waiting", 0)),
+                "pool": {k: v for k, v in st.items() if k not in ("resident_ids", "resident_trees")}}
         return JSONResponse(body, status_code=503 if failures else 200)
 
     @app.get("/metrics", include_in_schema=False)
@@ -658,7 +694,7 @@ def create_app(store: Store, base_id: str, *, api_key: str | None = None, max_bo
         """Prometheus exposition: per tenant and adapter requests, errors, latency, TTFT, tokens/s, batch
         sizes, queue waits; the adapter pool's hits, misses, loads and residents."""
         st = pool.engine.stats()
-        metrics.set_pool(resident=st.get("resident_ids") or st.get("resident", 0), hits=st.get("hits", 0),
+        metrics.set_pool(resident=pool.resident_ids(st), hits=st.get("hits", 0),
                          misses=st.get("misses", 0), evictions=st.get("evictions"),
                          capacity=st.get("max_resident"), memory_bytes=st.get("adapter_bytes"),
                          memory_budget_bytes=st.get("memory_budget_bytes"), pinned=st.get("pinned"),
@@ -717,10 +753,11 @@ def create_app(store: Store, base_id: str, *, api_key: str | None = None, max_bo
     async def _run(request: Request, gens: list[GenRequest], queue_deadline: float) -> list[GenResult]:
         """Submit and wait, giving up when the client leaves (the engine stops those rows) or when the
         requests are still queued at ``queue_deadline`` (503 server_busy)."""
-        futures = [asyncio.wrap_future(pool.engine.submit(g)) for g in gens]
-        for f in futures:
-            f.add_done_callback(lambda f: f.cancelled() or f.exception())  # never "exception not retrieved"
+        futures = []
         try:
+            for g in gens:  # submit() verifies the adapter's files and release (store reads): off the event loop
+                futures.append(asyncio.wrap_future(await run_in_threadpool(pool.engine.submit, g)))
+                futures[-1].add_done_callback(lambda f: f.cancelled() or f.exception())  # never "not retrieved"
             while True:
                 done, pending = await asyncio.wait(set(futures), timeout=POLL_S)
                 if not pending:
@@ -790,6 +827,8 @@ def create_app(store: Store, base_id: str, *, api_key: str | None = None, max_bo
             await run_in_threadpool(pool.verify, artifact)
         except IntegrityError as e:
             if fallback != "base" or artifact is None:
+                if role is not None and artifact is not None:  # a server-side failure of the chosen target:
+                    bg.submit(monitor.record, alias, role, artifact.id, False, time.monotonic() - arrived)
                 raise
             fell_back = _fallback_note(artifact, e)
             artifact = None
@@ -826,6 +865,8 @@ def create_app(store: Store, base_id: str, *, api_key: str | None = None, max_bo
                       batch_paths=sorted({r.path for r in results}) if len(results) > 1 else None)
         if ctx.get("role") and served is not None and not ctx.get("fallback") and (status == 200 or status >= 500):
             bg.submit(monitor.record, ctx["alias"], ctx["role"], served.id, status == 200, latency)
+        elif ctx.get("role") and ctx.get("fallback"):  # the chosen target failed; the base answered instead
+            bg.submit(monitor.record, ctx["alias"], ctx["role"], ctx["fallback"]["artifact"], False, latency)
         if status == 200 and ctx.get("route") is not None and served is not None:
             shadow_id = should_shadow(ctx["route"], ctx["route"].primary_artifact or served.id, served.id,
                                       request_id=ctx["id"])
@@ -857,20 +898,33 @@ def create_app(store: Store, base_id: str, *, api_key: str | None = None, max_bo
         prompt_tokens = ctx["prompt_tokens"] = sum(len(p) for p in prompts)
         ctx["reservation"] = limiter.reserve(ctx["principal"], prompt_tokens + max_new * req.n * len(prompts))
         model_id = ctx["artifact"].id if ctx["artifact"] else pool.base.id
+
+        def to_base(e: IntegrityError) -> list[GenRequest]:
+            """The adapter's files failed to load: with fallback="base" the base answers, and the response (and
+            its trace) say so; else the error stands."""
+            if fallback != "base" or ctx["artifact"] is None:
+                raise e
+            ctx["fallback"] = _fallback_note(ctx["artifact"], e)
+            ctx["artifact"] = None
+            tracer.resolved(ctx["trace"], base=pool.base, artifact=None, alias=ctx["alias"])
+            ctx["gens"] = _gen_requests(req, None, prompts, max_new, ctx["deadline"], ctx["id"])
+            return ctx["gens"]
+
         try:
             if req.stream:
                 include_usage = bool(req.stream_options and req.stream_options.include_usage)
-                return await _stream(request, ctx, gens, prompt_tokens, model_id, kind, include_usage)
+                try:
+                    return await _stream(request, ctx, gens, prompt_tokens, model_id, kind, include_usage)
+                except IntegrityError as e:  # before the first token: still an ordinary answer
+                    gens = to_base(e)
+                    model_id = pool.base.id
+                    return await _stream(request, ctx, gens, prompt_tokens, model_id, kind, include_usage)
             try:
                 try:
                     results = await _run(request, gens, ctx["queue_deadline"])
                 except IntegrityError as e:
-                    if fallback != "base" or ctx["artifact"] is None:
-                        raise
-                    # The adapter's files failed to load: the base answers, and the response says so.
-                    ctx["fallback"] = _fallback_note(ctx["artifact"], e)
-                    ctx["artifact"] = None
-                    gens = ctx["gens"] = _gen_requests(req, None, prompts, max_new, ctx["deadline"], ctx["id"])
+                    gens = to_base(e)
+                    model_id = pool.base.id
                     results = await _run(request, gens, ctx["queue_deadline"])
             except ClientGone:
                 _finish(ctx, None, 499, "client_gone")
@@ -914,11 +968,6 @@ def create_app(store: Store, base_id: str, *, api_key: str | None = None, max_bo
             total += g.n
             g.on_delta = (lambda base: lambda i, text: loop.call_soon_threadsafe(
                 events.put_nowait, ("delta", base + i, text)))(total - g.n)
-        futures = []
-        for k, g in enumerate(gens):
-            fut = pool.engine.submit(g)
-            fut.add_done_callback(lambda f, k=k: loop.call_soon_threadsafe(events.put_nowait, ("done", k, f)))
-            futures.append(fut)
         chunk_id = ("chatcmpl-" if kind == "chat" else "cmpl-") + ctx["id"][4:]
         obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
 
@@ -940,6 +989,9 @@ def create_app(store: Store, base_id: str, *, api_key: str | None = None, max_bo
         # Wait for the first event before answering: a failure before any token keeps its status code.
         first = []
         try:
+            for k, g in enumerate(gens):
+                fut = await run_in_threadpool(pool.engine.submit, g)  # off the event loop, as in _run
+                fut.add_done_callback(lambda f, k=k: loop.call_soon_threadsafe(events.put_nowait, ("done", k, f)))
             while not first:
                 try:
                     first.append(await asyncio.wait_for(events.get(), timeout=POLL_S))
@@ -978,6 +1030,7 @@ def create_app(store: Store, base_id: str, *, api_key: str | None = None, max_bo
                         log.warning("stream %s failed: %s", ctx["id"], err)
                         yield f"data: {json.dumps({'error': {'message': message, 'type': 'server_error', 'param': None, 'code': 'generation_failed'}})}\n\n"
                         _finish(ctx, list(done.values()), 503, "generation_failed")
+                        yield "data: [DONE]\n\n"  # clients that wait for the terminator are not left hanging
                         return
                     done[k] = fut.result()
                     yield chunk([delta(offsets[k] + i, None, c.finish_reason) for i, c in enumerate(done[k].choices)])

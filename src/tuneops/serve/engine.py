@@ -212,6 +212,13 @@ class BatchEngine:
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         model.eval()
+        from transformers import DynamicCache
+
+        # Rows join a running batch by left-padding and concatenating plain KV caches; sliding-window
+        # or other special cache layers would need their own merge.
+        kinds = {type(layer).__name__ for layer in DynamicCache(config=model.config).layers}
+        if kinds - {"DynamicLayer"}:
+            raise InvalidInput(f"BatchEngine supports models with plain KV caches only (this one uses {sorted(kinds)})")
         # The PEFT path wraps copies of the untouched base that share its weight tensors (no extra memory).
         self._pristine = _shared_copy(model)
         self.model = model
@@ -231,17 +238,20 @@ class BatchEngine:
         self._mask: torch.Tensor | None = None
         self._slots: OrderedDict[str, _Slot] = OrderedDict()   # LRU: oldest first
         self._free_slots: list[int] = []
-        self._capacity = 1                            # slot 0 = no adapter
+        self._capacity = 1                            # slots allocated in the layers (slot 0 = no adapter)
+        self._next_slot = 1
         self._loading: dict[str, float] = {}          # key -> load start
         self._loaded: dict[str, tuple[LoRAWeights, float]] = {}   # read, waiting for a free slot
         self._peft_only: OrderedDict[str, str] = OrderedDict()    # key -> why the batched path can't
         self._peft_model = None
         self._peft_key: str | None = None
         self._pinned_refs: set[str] = set()
+        self._pinned_trees: dict[str, str] = {}      # artifact id pinned -> its tree, learned from requests
         self._stats = dict(submitted=0, completed=0, failed=0, hits=0, misses=0, evictions=0, loads=0,
                            load_failures=0, prefills=0, decode_steps=0, rows_decoded=0, max_rows=0,
                            path_batched=0, path_peft=0, path_base=0, peft_hits=0, peft_loads=0)
         self._load_times: list[float] = []
+        self._pool = dict(resident=0, pinned=0, adapter_bytes=0, resident_trees=[])   # published by _publish_pool
         self._loader = cf.ThreadPoolExecutor(max_workers=max(1, max_cold_loads), thread_name_prefix="lora-load")
         self._thread = threading.Thread(target=self._run, name="batch-engine", daemon=True)
         self._thread.start()
@@ -284,6 +294,11 @@ class BatchEngine:
         self._post(("job", job))
         return future
 
+    def evict(self, ref) -> None:
+        """Drop a resident adapter (a content hash; its files failed verification, its signature or sunset no
+        longer allows serving it). Rows running with it finish first; the next request loads it afresh."""
+        self._post(("invalidate", ref))
+
     def prefetch(self, artifact) -> None:
         """Start loading an adapter (e.g. an alias's new target) without a request; errors are only logged."""
         try:
@@ -301,7 +316,9 @@ class BatchEngine:
 
     def unpin(self, ref) -> None:
         with self._lock:
-            self._pinned_refs.difference_update(_refs(ref))
+            refs = _refs(ref)
+            refs |= {self._pinned_trees.pop(r) for r in list(refs) if r in self._pinned_trees}
+            self._pinned_refs.difference_update(refs)
         self._post(("repin",))
 
     def stats(self) -> dict:
@@ -309,11 +326,10 @@ class BatchEngine:
         with self._lock:
             s = dict(self._stats)
             times = sorted(self._load_times)
-            slots = list(self._slots.values())
+            pool = dict(self._pool)
             queued = len(self._inbox)
         s.update(
-            resident=len(slots), pinned=sum(sl.pinned for sl in slots), loading=len(self._loading),
-            adapter_bytes=sum(sl.nbytes for sl in slots),
+            pool, loading=len(self._loading),
             storage_bytes=sum(m.storage_bytes() for m in self.wrapped.values()),
             max_resident=self.max_resident, memory_budget_bytes=self.memory_budget_bytes,
             running_rows=len(self._running), waiting=len(self._waiting) + queued,
@@ -350,6 +366,8 @@ class BatchEngine:
                     self._inbox.clear()
                 for item in items:
                     self._handle(item)
+                if items:
+                    self._publish_pool()
                 if closed:
                     self._shutdown()
                     return
@@ -388,7 +406,7 @@ class BatchEngine:
             _, key, weights, error, started = item
             self._loading.pop(key, None)
             if error is not None:
-                self._stats["load_failures"] += 1
+                self._count("load_failures")
                 for job in [j for j in self._waiting if j.key == key and j.path == "batched"]:
                     self._fail(job, error)
             elif weights.unsupported:
@@ -434,8 +452,9 @@ class BatchEngine:
 
     def _pinned_refs_seen(self, job: _Job) -> None:
         with self._lock:
-            if job.req.artifact.id in self._pinned_refs:
-                self._pinned_refs.add(job.key)
+            if job.req.artifact.id in self._pinned_refs and job.key not in self._pinned_refs:
+                self._pinned_refs.add(job.key)         # pinned by id: pin its content hash too
+                self._pinned_trees[job.req.artifact.id] = job.key
 
     def _start_load(self, key: str, path: Path) -> None:
         self._loading[key] = time.monotonic()
@@ -493,6 +512,12 @@ class BatchEngine:
                 if job.cold_load_s is not None:
                     job.cold_load_s = dt
 
+    def _publish_pool(self) -> None:
+        slots = list(self._slots.values())
+        with self._lock:
+            self._pool = dict(resident=len(slots), pinned=sum(sl.pinned for sl in slots),
+                              adapter_bytes=sum(sl.nbytes for sl in slots), resident_trees=[sl.key for sl in slots])
+
     def _make_room(self, nbytes: int) -> bool:
         def over() -> bool:
             used = sum(s.nbytes for s in self._slots.values())
@@ -515,17 +540,21 @@ class BatchEngine:
         del self._slots[slot.key]
         self._free_slots.append(slot.index)
         self._count("evictions")
+        self._publish_pool()
 
     def _install(self, key: str, weights: LoRAWeights) -> None:
         if self._free_slots:
             index = self._free_slots.pop()
         else:
-            index = self._capacity
-            self._capacity += 1
+            index = self._next_slot
+            self._next_slot += 1
+        if index >= self._capacity:
+            # Grow geometrically: every growth reallocates and copies the layers' slot tensors.
+            self._capacity = min(max(2 * self._capacity, index + 1), self.max_resident + 1)
+            for layer in self.wrapped.values():
+                if layer.A is not None:
+                    layer.ensure(self._capacity, 0)
         capacity = self._capacity
-        for layer in self.wrapped.values():
-            if layer.A is not None:
-                layer.ensure(capacity, 0)
         for name, (A, B, scale) in weights.modules.items():
             layer = self.wrapped[name]
             layer.ensure(capacity, A.shape[0])
@@ -533,6 +562,7 @@ class BatchEngine:
         with self._lock:
             pinned = key in self._pinned_refs
         self._slots[key] = _Slot(key=key, index=index, rank=weights.rank, nbytes=weights.nbytes, pinned=pinned)
+        self._publish_pool()
 
     # -- admission and generation ------------------------------------------------------------------------
     def _expire_waiting(self) -> None:
@@ -616,6 +646,7 @@ class BatchEngine:
         now = time.monotonic()
         for j in jobs:
             j.started = now
+            j.req.started.set()  # the front stops counting its queue timeout
             j.batch_size = max(j.batch_size, len(rows) + len(self._running))
         from transformers import DynamicCache
 
@@ -814,7 +845,7 @@ class BatchEngine:
                 for i, r in enumerate(rows):
                     if not r.done:
                         r.push(int(input_ids[i, -1]))
-                reason = job.interrupt_reason(time.monotonic())
+                reason = "cancelled" if engine._closed else job.interrupt_reason(time.monotonic())
                 if reason is not None:
                     for r in rows:
                         r.interrupt(reason)
@@ -823,6 +854,7 @@ class BatchEngine:
 
         ids = torch.tensor([req.prompt_ids] * len(rows), dtype=torch.long, device=self.device)
         job.started = time.monotonic()
+        job.req.started.set()
         job.batch_size = len(rows)
         try:
             model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=req.max_new_tokens,

@@ -763,7 +763,13 @@ def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
                                                help="Leave out alias targets vLLM cannot load (DoRA, IA3, prefix "
                                                     "tuning…) instead of refusing to start (--engine vllm)."),
           dry_run: bool = typer.Option(False, "--dry-run", help="--engine vllm: export what vLLM loads, print its "
-                                                                "command line and exit.")):
+                                                                "command line and exit."),
+          fallback: str = typer.Option("error", "--fallback", help="An adapter whose files fail to verify or load: "
+                                                                   "'error' answers 503, 'base' answers with the "
+                                                                   "bare base and says so in the response."),
+          trace_content: bool = typer.Option(False, "--trace-content", help="Keep messages and answers in the "
+                                                                            "traces, PII-redacted (metadata is "
+                                                                            "always traced).")):
     """OpenAI-compatible server: /v1/chat/completions, /v1/completions (streaming too), /v1/models; model =
     alias, artifact or base; requests for different adapters are batched together (in this process, or by
     vLLM with --engine vllm, behind the same front)."""
@@ -773,6 +779,8 @@ def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
 
     if engine not in ("embedded", "vllm"):
         raise InvalidInput(f"--engine must be 'embedded' or 'vllm', not {engine!r}")
+    if fallback not in ("error", "base"):
+        raise InvalidInput(f"--fallback must be 'error' or 'base', not {fallback!r}")
     if vllm_export not in ("checked", "copy"):
         raise InvalidInput(f"--vllm-export must be 'checked' or 'copy', not {vllm_export!r}")
     if dry_run and engine != "vllm":
@@ -817,11 +825,14 @@ def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
                                  request_timeout=request_timeout, max_tokens_limit=max_tokens_limit,
                                  max_batch=max_batch, batch_window_s=batch_window_ms / 1000,
                                  max_resident=max_resident, memory_budget_mb=memory_budget_mb,
-                                 max_cold_loads=max_cold_loads, pinned=tuple(pin), engine_factory=factory)
+                                 max_cold_loads=max_cold_loads, pinned=tuple(pin), engine_factory=factory,
+                                 fallback=fallback, trace_content=trace_content)
+    tenants = application.state.tenants
+    # Open mode (no tenants, no key) is announced by the server's own start-up warning.
+    access = "; tenant API keys required" if not tenants.open_mode else "; API key required" if api_key else ""
     say(f"serving {base_id} on http://{host}:{port}/v1"
         + (f" with vLLM at {plan.url}" if factory is not None else "")
-        + "  (models: GET /v1/models"
-        + (", API key required)" if api_key else ", no API key: local use only)"))
+        + f"  (models: GET /v1/models{access})")
     try:
         uvicorn.run(application, host=host, port=port, log_level="warning")
     finally:

@@ -536,6 +536,7 @@ def create_app(store: Store, base_id: str, *, api_key: str | None = None, max_bo
         """An alias move reaches new requests at once (every request resolves its alias); this prefetches
         the new target so the first request after a move does not pay the cold load."""
         seen: dict[tuple[str, str], str] = {}
+        tenant_pins: set[str] = set()  # artifact ids pinned for tenants
         while True:
             try:
                 current = {(a.name, a.stage): a.artifact_id for a in await run_in_threadpool(aliases, store)}
@@ -545,6 +546,21 @@ def create_app(store: Store, base_id: str, *, api_key: str | None = None, max_bo
                     art = await run_in_threadpool(store.get_artifact, aid)
                     if art.base_id == pool.base.id:
                         await run_in_threadpool(pool.prefetch, art)
+                # Tenants' pinned aliases (`tuneops tenants pin`): their current targets stay resident.
+                wanted = {current[(n, st)] for n, _, st in (a.partition("@") for a in directory.pinned_aliases())
+                          if (n, st) in current}
+                pin, unpin = getattr(pool.engine, "pin", None), getattr(pool.engine, "unpin", None)
+                if pin is not None and wanted != tenant_pins:
+                    for aid in wanted - tenant_pins:
+                        art = await run_in_threadpool(store.get_artifact, aid)
+                        if art.base_id == pool.base.id:
+                            pin(art)
+                            await run_in_threadpool(pool.prefetch, art)
+                    for aid in tenant_pins - wanted:
+                        if unpin is not None:
+                            unpin(await run_in_threadpool(store.get_artifact, aid))
+                    tenant_pins.clear()
+                    tenant_pins.update(wanted)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001  (the watcher must outlive a store hiccup)

@@ -12,8 +12,8 @@ one at a time (never two heavy ones at once), each with the load average before 
 2. throughput, closed loop, 8 clients, 32 new tokens, configurations measured round-robin in ``--repeats``
    rounds (a change of machine load hits all of them alike): ``plain_generate_batch8`` (``model.generate``
    on the bare base, batch 8, in this process: the yardstick), and over HTTP the bare base, 1 adapter,
-   8 / 32 / 100 distinct adapters (request k uses adapter k mod N; 100 > the pool's 64 slots, so that
-   configuration runs with misses, and says so).
+   8 / 32 / 100 distinct adapters (request k uses adapter k mod N, and each round sends at least N requests,
+   so every adapter is used; 100 > the pool's 64 slots, so that configuration runs with LRU misses).
 3. cold load: an r=16 adapter never requested before, one request of 1 token; the pool's load time as the
    server measures it (``tuneops_adapter_load_seconds`` in /metrics) and the extra end-to-end latency over
    a warm request of the same adapter.
@@ -455,9 +455,11 @@ async def throughput_phase(url: str, configs: dict[str, list[str]], plain, *, re
                 if len(models) <= pool_size:
                     await _touch(url, models, min(clients, len(models)), 1, None)
                 start = cursor[name]
+                # Enough requests that every adapter of the configuration is used in each round.
+                per_client = max(requests_per_client, -(-len(models) // clients))
                 records, wall = await closed_loop(
                     url, lambda k, m=models, s=start: (m[(s + k) % len(m)], PROMPTS[k % len(PROMPTS)]),
-                    clients=clients, max_tokens=new_tokens, requests_per_client=requests_per_client)
+                    clients=clients, max_tokens=new_tokens, requests_per_client=per_client)
                 cursor[name] = (start + len(records)) % len(models)
                 ok = [r for r in records if r["status"] == 200]
                 sample = {"tokens": sum(r["tokens"] for r in ok), "wall_s": wall, "requests": len(records),

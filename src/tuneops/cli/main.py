@@ -769,7 +769,10 @@ def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
                                                                    "bare base and says so in the response."),
           trace_content: bool = typer.Option(False, "--trace-content", help="Keep messages and answers in the "
                                                                             "traces, PII-redacted (metadata is "
-                                                                            "always traced).")):
+                                                                            "always traced)."),
+          threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads for the embedded "
+                                                                               "engine (default: torch's; on a "
+                                                                               "shared CPU, 1 can be much faster).")):
     """OpenAI-compatible server: /v1/chat/completions, /v1/completions (streaming too), /v1/models; model =
     alias, artifact or base; requests for different adapters are batched together (in this process, or by
     vLLM with --engine vllm, behind the same front)."""
@@ -781,6 +784,10 @@ def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
         raise InvalidInput(f"--engine must be 'embedded' or 'vllm', not {engine!r}")
     if fallback not in ("error", "base"):
         raise InvalidInput(f"--fallback must be 'error' or 'base', not {fallback!r}")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     if vllm_export not in ("checked", "copy"):
         raise InvalidInput(f"--vllm-export must be 'checked' or 'copy', not {vllm_export!r}")
     if dry_run and engine != "vllm":

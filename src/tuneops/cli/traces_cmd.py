@@ -115,7 +115,12 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json(rows)
         else:
-            emit([{k: r[k] for k in LIST_FIELDS} for r in rows], as_json=False, title="traces")
+            # A terminal table that fits 80 columns: who, what answered, how it went (--json has every field).
+            emit([{"id": r["id"], "tenant": r["tenant"],
+                   "model → artifact": f"{r['alias'] or r['model'] or '—'} → {r['artifact_id'] or 'base'}",
+                   "status": r["status"] if not r["error_code"] else f"{r['status']} {r['error_code']}",
+                   "s": "—" if r["latency_s"] is None else f"{r['latency_s']:.2f}"} for r in rows],
+                 as_json=False, title="traces")
 
     @traces_app.command("show")
     def traces_show(trace_id: str = typer.Argument(..., help="A trace id (tr-…), as the X-Tuneops-Trace header "

@@ -50,7 +50,7 @@ import torch
 
 from tuneops.errors import IntegrityError, InvalidInput, TuneopsError
 from tuneops.serve.multilora import LoRAContext, LoRAWeights, inject_multilora, read_lora_adapter
-from tuneops.serve.protocol import AdapterDir, Choice, GenRequest, GenResult
+from tuneops.serve.protocol import AdapterDir, Choice, GenRequest, GenResult, final_prefix
 
 log = logging.getLogger("tuneops.serve.engine")
 
@@ -131,15 +131,7 @@ class _Row:
 
     def _stream(self, text: str, *, final: bool) -> None:
         if not final:
-            # Hold back the longest tail that is the start of a stop string, an incomplete UTF-8
-            # character (decoded as U+FFFD), and whitespace the final strip() may remove.
-            hold = 0
-            for s in self.job.req.stop:
-                for k in range(min(len(s) - 1, len(text)), hold, -1):
-                    if text.endswith(s[:k]):
-                        hold = k
-                        break
-            text = text[:len(text) - hold].rstrip("\ufffd").strip()
+            text = final_prefix(text, self.job.req.stop)
         if len(text) > len(self.sent) and text.startswith(self.sent):
             delta, self.sent = text[len(self.sent):], text
             self.job.deliver(self.index, delta)

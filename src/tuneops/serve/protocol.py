@@ -59,3 +59,16 @@ class GenResult:
 # The engine gets verified adapter files through this: (artifact) -> local directory of the PEFT adapter.
 # It raises the store's IntegrityError / signature errors; the engine must not serve on an exception.
 AdapterDir = Callable[[ArtifactRecord], Path]
+
+
+def final_prefix(text: str, stop: list[str]) -> str:
+    """The part of a choice's text so far that is final, for streaming: without the longest tail that is the
+    start of a stop string, an incomplete UTF-8 character (decoded as U+FFFD), or whitespace the final
+    strip() may remove. Both engines stream through this, so their deltas follow one rule."""
+    hold = 0
+    for s in stop:
+        for k in range(min(len(s) - 1, len(text)), hold, -1):
+            if text.endswith(s[:k]):
+                hold = k
+                break
+    return text[:len(text) - hold].rstrip("\ufffd").strip()

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Callable
 
 from tuneops.errors import InvalidInput, TuneopsError
-from tuneops.serve.protocol import Choice, GenRequest, GenResult
+from tuneops.serve.protocol import Choice, GenRequest, GenResult, final_prefix
 from tuneops.serve.vllm import (
     RETRY_AFTER_S, UpstreamError, VLLMBackend, VLLMNotInstalled, VLLMPlan, VLLMProcess, map_upstream_error,
     parse_sse_event, runtime_exporter,
@@ -125,13 +125,7 @@ class _ChoiceText:
         if self.req.on_delta is None:
             return
         if not final:
-            hold = 0
-            for s in self.req.stop:
-                for k in range(min(len(s) - 1, len(text)), hold, -1):
-                    if text.endswith(s[:k]):
-                        hold = k
-                        break
-            text = text[:len(text) - hold].rstrip("\ufffd").strip()
+            text = final_prefix(text, self.req.stop)
         if len(text) > len(self.sent) and text.startswith(self.sent):
             delta, self.sent = text[len(self.sent):], text
             self.deliver(self.index, delta)

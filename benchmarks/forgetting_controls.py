@@ -1,6 +1,6 @@
 """The forgetting suite's change with and without each forgetting control, on the quickstart task.
 
-    .venv/bin/python benchmarks/forgetting_controls.py [--arms none kl rank replay] [--home DIR]
+    .venv/bin/python benchmarks/forgetting_controls.py [--arms none kl rank replay early] [--home DIR]
 
 Every arm is the quickstart recipe (SmolLM2-135M-Instruct, LoRA r16 all-linear, 300 bundled rows,
 one epoch, lr 2e-4) with one control switched on, trained and evaluated paired against the base on
@@ -9,6 +9,8 @@ the same items (json_extraction on the 40 held-out rows, forgetting 8 per catego
 - none: the quickstart as shipped;
 - kl: objective.kl_to_reference 0.5 (KL from the base's next-token distribution on trained tokens);
 - rank: method.r 4, alpha 8 (a rank cap);
+- early: train.early_stopping on 40 forgetting items disjoint from the measured 40, every 5 steps,
+  max_drop 0.05 (the run stops when the check falls more than 0.05 below its step-0 value);
 - replay: train.replay ratio 0.3 of a general set — the base's own greedy replies to GSM8K
   questions (../shared/data/gsm8k, MIT), which share no items with the forgetting suite.
 
@@ -66,7 +68,33 @@ ARMS = {
     "kl": {"objective": {"kind": "sft", "kl_to_reference": 0.5}},
     "rank": {"method": {"kind": "lora", "r": 4, "alpha": 8, "dropout": 0.05, "target_modules": "all-linear"}},
     "replay": {"train_replay": {"dataset": "general-replay", "ratio": 0.3}},
+    # the check watches 40 forgetting items disjoint from the 40 the eval measures (see check_suite)
+    "early": {"train_early_stopping": {"suite": "$check_suite", "every": 5, "max_drop": 0.05, "max_items": 40}},
 }
+
+
+def check_suite(home: Path) -> Path:
+    """The built-in forgetting suite without the first 8 items per category (the ones the eval's
+    per_tag 8 measures), so early stopping never selects on the items it is judged by."""
+    import yaml
+
+    from tuneops.eval.suite import BUILTIN_DIR
+
+    items = [json.loads(line) for line in (BUILTIN_DIR / "forgetting.jsonl").read_text().splitlines() if line.strip()]
+    seen: dict[str, int] = {}
+    rest = []
+    for it in items:
+        seen[it["category"]] = seen.get(it["category"], 0) + 1
+        if seen[it["category"]] > 8:
+            rest.append(it)
+    folder = home / "check-suite"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "forgetting_check.jsonl").write_text("".join(json.dumps(it) + "\n" for it in rest))
+    spec = yaml.safe_load((BUILTIN_DIR / "forgetting.yaml").read_text())
+    spec.update({"name": "forgetting_check", "items": "forgetting_check.jsonl", "per_tag": 8,
+                 "description": "forgetting items 9.. of each category (disjoint from the measured ones)"})
+    (folder / "forgetting_check.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return folder / "forgetting_check.yaml"
 
 
 def main() -> None:
@@ -104,6 +132,8 @@ def main() -> None:
         for key, value in ARMS[arm].items():
             if key == "train_replay":
                 spec["train"] = {**spec["train"], "replay": value}
+            elif key == "train_early_stopping":
+                spec["train"] = {**spec["train"], "early_stopping": {**value, "suite": str(check_suite(args.home))}}
             else:
                 spec[key] = value
         t0 = time.perf_counter()
@@ -117,6 +147,8 @@ def main() -> None:
             "exact_match_base": em["base"], "exact_match_candidate": em["candidate"],
             "train_seconds": outcome.run.metrics.get("train_seconds"), "wall_seconds": round(time.perf_counter() - t0),
             "run": outcome.run.id, "artifact": outcome.artifact.id,
+            "steps": outcome.run.metrics.get("train_steps"),
+            "stopped_early": outcome.run.metrics.get("stopped_early"),
         }
         print(arm, json.dumps(result["arms"][arm]), flush=True)
         none = result["arms"].get("none")

@@ -932,6 +932,8 @@ def _execute(store: Store, recipe: Recipe, run_id: str, work: Path, outcome: Run
                    peak_memory_mb=result.peak_memory_mb,
                    final_loss=result.losses[-1]["loss"] if result.losses else None,
                    eval_report=report.id, gates_passed=report.passed)
+    if result.stopped_early:
+        summary["stopped_early"] = result.stopped_early
     outcome.run = store.transition_run(run_id, "succeeded", metrics=summary)
     clean_scratch(store, run_id)  # the registered copy is the artifact
 

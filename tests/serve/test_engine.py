@@ -414,3 +414,77 @@ def test_hot_requests_keep_running_while_a_cold_adapter_loads(make_engine, adapt
     release.set()
     res = waiting.result(60)
     assert res.path == "batched" and res.cold_load_s is not None and res.cold_load_s > 0
+
+
+# -- merge_hot -----------------------------------------------------------------------------------------------
+
+def _wait_stat(engine, key, value, timeout=30):
+    deadline = time.monotonic() + timeout
+    while engine.stats()[key] != value:
+        assert time.monotonic() < deadline, (key, engine.stats()[key])
+        time.sleep(0.02)
+
+
+def test_merge_hot_serves_a_dominant_adapter_merged_and_switches_back(make_engine, tiny_model_dir, adapters,
+                                                                      prompts, tok):
+    dirs = Dirs()
+    hot, other = dirs.add(adapters["all"]), dirs.add(adapters["qv"])
+    engine = make_engine(dirs, batch_window_s=0.0, merge_hot=True, merge_hot_window=6, merge_hot_share=0.8,
+                         max_resident=2)
+
+    def ask(art, i=0, n=6):
+        return engine.submit(GenRequest(artifact=art, prompt_ids=prompts[i], max_new_tokens=n)).result(60)
+
+    for _ in range(5):
+        assert ask(hot).path == "batched"
+    assert engine.stats()["merges"] == 0           # the window is not full yet
+    ask(hot)
+    _wait_stat(engine, "merges", 1)                # built on a loader thread, then switched
+    s = engine.stats()
+    assert s["merged_tree"] == hot.tree and s["merged_bytes"] > 0
+    assert s["last_switch"]["action"] == "merge" and "100%" in s["last_switch"]["why"]
+    # Mixed traffic while merged: every row still gets its own adapter's tokens.
+    names = [("all", hot), ("qv", other), (None, None), ("all", hot)]
+    results = run_all(engine, [GenRequest(artifact=a, prompt_ids=prompts[i], max_new_tokens=8)
+                               for i, (_, a) in enumerate(names)])
+    for i, ((n, _), res) in enumerate(zip(names, results)):
+        assert (res.choices[0].text, res.choices[0].completion_tokens) == \
+            reference(tiny_model_dir, adapters[n] if n else None, prompts[i], 8, tok), n
+        assert res.path == {"all": "merged", "qv": "batched", None: "base"}[n]
+    # The merged adapter is held: a full pool evicts around it.
+    ask(dirs.add(adapters["rs"]))
+    assert hot.tree in engine.stats()["resident_trees"]
+    # Traffic moves to the other adapter: the first merge is dropped, and the new dominant one merged.
+    for _ in range(6):
+        ask(other)
+    _wait_stat(engine, "unmerges", 1)
+    _wait_stat(engine, "merges", 2)
+    s = engine.stats()
+    assert s["merged_tree"] == other.tree and s["last_switch"]["action"] == "merge"
+    assert s["path_merged"] >= 2
+    assert (ask(hot, 2, 8).choices[0].text, ask(hot, 2, 8).path) == \
+        (reference(tiny_model_dir, adapters["all"], prompts[2], 8, tok)[0], "batched")
+
+
+def test_merge_hot_stays_batched_when_the_merged_copy_does_not_fit(make_engine, adapters, prompts):
+    dirs = Dirs()
+    hot = dirs.add(adapters["qv"])
+    engine = make_engine(dirs, batch_window_s=0.0, merge_hot=True, merge_hot_window=3, merge_hot_max_bytes=16)
+    for _ in range(4):
+        res = engine.submit(GenRequest(artifact=hot, prompt_ids=prompts[0], max_new_tokens=2)).result(60)
+        assert res.path == "batched"
+    s = engine.stats()
+    assert s["merge_refusals"] == 1 and s["merges"] == 0 and s["merged_tree"] is None
+
+
+def test_invalidating_the_merged_adapter_unmerges_and_evicts_it(make_engine, adapters, prompts):
+    dirs = Dirs()
+    hot = dirs.add(adapters["mlp"])
+    engine = make_engine(dirs, batch_window_s=0.0, merge_hot=True, merge_hot_window=2)
+    for _ in range(2):
+        engine.submit(GenRequest(artifact=hot, prompt_ids=prompts[0], max_new_tokens=2)).result(60)
+    _wait_stat(engine, "merges", 1)
+    engine.evict(hot.tree)
+    _wait_stat(engine, "resident", 0)
+    s = engine.stats()
+    assert s["unmerges"] == 1 and s["merged_tree"] is None and "invalidated" in s["last_switch"]["why"]

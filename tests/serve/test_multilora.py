@@ -87,3 +87,40 @@ def test_malformed_adapters_raise_instead_of_serving(tiny_model_dir, tmp_path):
     (d2 / "adapter_config.json").write_text("{not json")
     with pytest.raises(json.JSONDecodeError):
         read_lora_adapter(d2, wrapped, max_rank=8)
+
+
+@pytest.mark.parametrize("mode", ["grouped", "gather"])
+def test_a_merged_hot_adapter_matches_peft_for_every_row_and_never_writes_the_base(tiny_model_dir, lora_dirs, mode):
+    """merge_hot: hot rows run on W + BA with no LoRA step, other rows subtract the hot delta again."""
+    model, _ = load_tiny(tiny_model_dir)
+    ctx = LoRAContext(mode)
+    wrapped = inject_multilora(model, ctx)
+    originals = {name: layer.base.weight.detach().clone() for name, layer in wrapped.items()}
+    for k, d in enumerate(lora_dirs, start=1):
+        for name, (A, B, scale) in read_lora_adapter(d, wrapped, max_rank=64).modules.items():
+            wrapped[name].ensure(4, A.shape[0])
+            wrapped[name].set_slot(k, A, B, scale)
+    hot = 2   # lora_dirs[1]: all-linear, rsLoRA
+    for layer in wrapped.values():
+        layer.merged = layer.merge_weight(hot)
+    assert all(layer.merged is not None for layer in wrapped.values())   # all-linear touches every layer
+    ctx.hot_slot = hot
+    ids = torch.randint(0, 1000, (5, 7), generator=torch.Generator().manual_seed(1))
+    for slots, rows in (([2, 0, 1, 3, 2], range(5)), ([2, 2], range(2)), ([0, 1], range(2))):
+        ctx.route(slots)
+        with torch.no_grad():
+            got = model(input_ids=ids[:len(slots)]).logits
+        ctx.clear()
+        for i in rows:
+            want = peft_logits(tiny_model_dir, lora_dirs[slots[i] - 1] if slots[i] else None, ids[i:i + 1])[0]
+            assert torch.allclose(got[i], want, atol=1e-4), (slots, i, (got[i] - want).abs().max())
+    # an all-hot pass takes no low-rank step at all: the hot slot is routed as "no adapter"
+    ctx.route([2, 2])
+    assert not ctx.groups and not ctx.use_gather and not ctx.unmerge_all and ctx.unmerge is None
+    ctx.clear()
+    # unmerging is dropping the copies: the base weights were never written
+    ctx.hot_slot = 0
+    for layer in wrapped.values():
+        layer.merged = None
+    for name, layer in wrapped.items():
+        assert torch.equal(layer.base.weight, originals[name]), name

@@ -447,6 +447,8 @@ def test_cli_without_vllm_says_so(world, tmp_path):
     assert "Traceback" not in p.stderr + p.stdout
     p = tuneops(private.home, "serve", "--engine", "nope", check=False)
     assert p.returncode == 2 and "nope" in p.stderr
+    p = tuneops(private.home, "serve", "--engine", "vllm", "--merge-hot", check=False)
+    assert p.returncode == 2 and "--merge-hot is for the embedded engine" in p.stderr and "--format merged" in p.stderr
 
 
 def test_cli_serves_through_vllm_and_stops_it(world, tmp_path):

@@ -728,6 +728,10 @@ def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
           max_cold_loads: int = typer.Option(2, min=1, help="Adapters loading at once; more cold ones queue. "
                                                             "Embedded engine."),
           pin: list[str] = typer.Option([], "--pin", help="Alias or artifact kept resident (repeatable)."),
+          merge_hot: bool = typer.Option(False, "--merge-hot",
+                                         help="Serve an adapter that carries >= 80% of recent rows from a merged "
+                                              "copy of the base (memory permitting): its rows cost what the bare "
+                                              "base costs. Embedded engine."),
           engine: str = typer.Option("embedded", "--engine",
                                      help="embedded: the base in this process, adapters batched per row. vllm: "
                                           "start vLLM's OpenAI server (adapters by artifact id) behind this same "
@@ -790,6 +794,10 @@ def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
         torch.set_num_threads(threads)
     if vllm_export not in ("checked", "copy"):
         raise InvalidInput(f"--vllm-export must be 'checked' or 'copy', not {vllm_export!r}")
+    if merge_hot and engine == "vllm":
+        raise InvalidInput("--merge-hot is for the embedded engine",
+                           hint="vLLM applies LoRA in its own kernels; for a stable, dominant adapter export it "
+                                "merged (`tuneops registry export ARTIFACT DIR --format merged`) and serve that with vLLM")
     if dry_run and engine != "vllm":
         raise InvalidInput("--dry-run prints the vLLM command: use it with --engine vllm")
     store = _store()
@@ -833,7 +841,7 @@ def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
                                  max_batch=max_batch, batch_window_s=batch_window_ms / 1000,
                                  max_resident=max_resident, memory_budget_mb=memory_budget_mb,
                                  max_cold_loads=max_cold_loads, pinned=tuple(pin), engine_factory=factory,
-                                 fallback=fallback, trace_content=trace_content)
+                                 fallback=fallback, trace_content=trace_content, merge_hot=merge_hot)
     tenants = application.state.tenants
     # Open mode (no tenants, no key) is announced by the server's own start-up warning.
     access = "; tenant API keys required" if not tenants.open_mode else "; API key required" if api_key else ""

@@ -253,7 +253,8 @@ class AdapterPool:
 
     def __init__(self, store: Store, base_id: str, *, max_batch: int = 8, batch_window_s: float = 0.005,
                  max_resident: int = 64, memory_budget_bytes: int | None = None, max_cold_loads: int = 2,
-                 pinned: tuple[str, ...] = (), engine_factory: "EngineFactory | None" = None):
+                 pinned: tuple[str, ...] = (), engine_factory: "EngineFactory | None" = None,
+                 merge_hot: bool = False):
         import copy
 
         self.store = store
@@ -292,7 +293,7 @@ class AdapterPool:
             self.engine = BatchEngine(model, self.tokenizer, self.adapter_dir, max_batch=max_batch,
                                       batch_window_s=batch_window_s, max_resident=max_resident,
                                       memory_budget_bytes=memory_budget_bytes, max_cold_loads=max_cold_loads,
-                                      pinned=tuple(a.tree for a in pinned_ids))
+                                      pinned=tuple(a.tree for a in pinned_ids), merge_hot=merge_hot)
         for art in pinned_ids:
             self.prefetch(art)
 
@@ -509,7 +510,8 @@ def create_app(store: Store, base_id: str, *, api_key: str | None = None, max_bo
                max_tokens_limit: int = 2048, max_batch: int = 8, batch_window_s: float = 0.005,
                max_resident: int = 64, memory_budget_mb: float | None = None, max_cold_loads: int = 2,
                pinned: tuple[str, ...] = (), fallback: Literal["error", "base"] = "error",
-               trace_content: bool = False, engine_factory: "EngineFactory | None" = None) -> FastAPI:
+               trace_content: bool = False, engine_factory: "EngineFactory | None" = None,
+               merge_hot: bool = False) -> FastAPI:
     """The OpenAI-compatible app serving ``base_id`` and the adapters trained on it.
 
     api_key: when set, /v1/* needs ``Authorization: Bearer <api_key>`` (else 401).
@@ -520,6 +522,8 @@ def create_app(store: Store, base_id: str, *, api_key: str | None = None, max_bo
     max_tokens_limit: the largest max_tokens a request may ask for (400 above it).
     max_batch / batch_window_s: rows per forward pass, and how long the engine waits to fill one.
     max_resident / memory_budget_mb / max_cold_loads / pinned: the adapter pool (LRU by content hash).
+    merge_hot: serve an adapter that carries most traffic from a merged copy of the base (memory permitting;
+        embedded engine); requests it serves say ``path: merged``, /healthz and /metrics show the switch.
     fallback: when an adapter's files fail verification or loading, "error" answers 503
         (integrity_check_failed); "base" answers with the bare base and says so (``tuneops.fallback``,
         ``X-Tuneops-Fallback``).
@@ -530,7 +534,7 @@ def create_app(store: Store, base_id: str, *, api_key: str | None = None, max_bo
     """
     pool = AdapterPool(store, base_id, engine_factory=engine_factory, max_batch=max_batch, batch_window_s=batch_window_s,
                        max_resident=max_resident, max_cold_loads=max_cold_loads, pinned=tuple(pinned),
-                       memory_budget_bytes=int(memory_budget_mb * 2**20) if memory_budget_mb else None)
+                       merge_hot=merge_hot, memory_budget_bytes=int(memory_budget_mb * 2**20) if memory_budget_mb else None)
 
     async def watch_aliases():
         """An alias move reaches new requests at once (every request resolves its alias); this prefetches
@@ -714,7 +718,7 @@ def create_app(store: Store, base_id: str, *, api_key: str | None = None, max_bo
                          misses=st.get("misses", 0), evictions=st.get("evictions"),
                          capacity=st.get("max_resident"), memory_bytes=st.get("adapter_bytes"),
                          memory_budget_bytes=st.get("memory_budget_bytes"), pinned=st.get("pinned"),
-                         loading=st.get("loading"))
+                         loading=st.get("loading"), merged_bytes=st.get("merged_bytes"))
         body, ctype = metrics.render(request.headers.get("accept"))
         return Response(body, media_type=ctype)
 

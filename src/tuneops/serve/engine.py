@@ -25,15 +25,19 @@ How it works:
 - What the batched path cannot serve exactly (DoRA, modules_to_save, prefix/prompt tuning, IA3,
   rank > ``max_lora_rank``, rank/alpha patterns, …) runs on the PEFT path: a PEFT model on a copy of
   the base that shares its weights, one adapter at a time, one request at a time, on the same
-  thread, between batches. ``GenResult.path`` says "batched", "peft" or "base".
+  thread, between batches. ``GenResult.path`` says "batched", "peft", "merged" or "base".
+- ``merge_hot``: when one adapter carries at least ``merge_hot_share`` of the last ``merge_hot_window``
+  rows admitted, a merged copy of the layers it targets (``W + scale * B @ A``, built on a loader
+  thread, memory permitting) serves it: its rows take no LoRA step, other rows subtract its delta
+  (``multilora``). When its share falls below ``merge_hot_share - 0.3`` the copy is dropped. Every
+  switch is logged, counted (``merges``/``unmerges``, ``merged_tree`` in ``stats()``) and its
+  requests say ``path == "merged"``.
 
 Semantics match ``eval.generate.generate_chat``: greedy when temperature == 0; stop strings cut the
 text before the stop (finish "stop"); EOS -> "stop"; ``max_new_tokens`` -> "length"; cancel or
 deadline -> "length" with ``interrupted`` "cancelled" / "time_limit"; text is stripped. Streaming
 (``on_delta``) sends only text that is final: never a stop string, nor a tail that could still
 become one, nor whitespace the final strip would remove; the deltas concatenate to the final text.
-
-Not done: ``merge_hot`` (serving a dominant adapter from a merged copy).
 """
 
 import concurrent.futures as cf
@@ -144,7 +148,7 @@ class _Job:
     req: GenRequest
     future: cf.Future
     key: str | None                  # adapter content hash (artifact.tree); None = base
-    path: str                        # "batched" | "peft" | "base"
+    path: str                        # "batched" | "peft" | "merged" | "base"
     adapter_path: Path | None = None
     submitted: float = field(default_factory=time.monotonic)
     rows: list[_Row] = field(default_factory=list)
@@ -189,11 +193,15 @@ class BatchEngine:
     max_resident / memory_budget_bytes: the adapter pool's size (slots, and bytes of LoRA weights).
     max_lora_rank: larger adapters take the PEFT path. max_cold_loads: adapters read from disk at once.
     pinned: artifacts (records, ids or tree hashes) never evicted; records given here are prefetched.
+    merge_hot: serve a dominant adapter from merged weights (see the module docstring);
+    merge_hot_max_bytes: the most bytes the merged copy may take (default: half the memory available).
     """
 
     def __init__(self, model, tokenizer, adapter_dir: AdapterDir, *, max_batch: int = 8,
                  batch_window_s: float = 0.005, max_resident: int = 64, memory_budget_bytes: int | None = None,
-                 max_lora_rank: int = 64, max_cold_loads: int = 2, pinned=(), lora_mode: str = "auto"):
+                 max_lora_rank: int = 64, max_cold_loads: int = 2, pinned=(), lora_mode: str = "auto",
+                 merge_hot: bool = False, merge_hot_share: float = 0.8, merge_hot_window: int = 64,
+                 merge_hot_max_bytes: int | None = None):
         self.tokenizer = tokenizer
         self.adapter_dir = adapter_dir
         self.max_batch = max_batch
@@ -241,7 +249,16 @@ class BatchEngine:
         self._pinned_trees: dict[str, str] = {}      # artifact id pinned -> its tree, learned from requests
         self._stats = dict(submitted=0, completed=0, failed=0, hits=0, misses=0, evictions=0, loads=0,
                            load_failures=0, prefills=0, decode_steps=0, rows_decoded=0, max_rows=0,
-                           path_batched=0, path_peft=0, path_base=0, peft_hits=0, peft_loads=0)
+                           path_batched=0, path_peft=0, path_merged=0, path_base=0, peft_hits=0, peft_loads=0,
+                           merges=0, unmerges=0, merge_refusals=0)
+        # merge_hot: which adapter is served from merged weights, and the recent rows that decide it.
+        self.merge_hot = merge_hot
+        self.merge_hot_share = merge_hot_share
+        self.merge_hot_max_bytes = merge_hot_max_bytes
+        self._recent: deque = deque(maxlen=max(1, merge_hot_window))   # keys of recently admitted rows
+        self._hot: _Slot | None = None            # merged (holds a ref on its slot)
+        self._merging: _Slot | None = None        # merge being built (holds a ref too)
+        self._merge_note: dict = dict(merged_tree=None, merged_bytes=0, last_switch=None)
         self._load_times: list[float] = []
         self._pool = dict(resident=0, pinned=0, adapter_bytes=0, resident_trees=[])   # published by _publish_pool
         self._loader = cf.ThreadPoolExecutor(max_workers=max(1, max_cold_loads), thread_name_prefix="lora-load")
@@ -320,8 +337,9 @@ class BatchEngine:
             times = sorted(self._load_times)
             pool = dict(self._pool)
             queued = len(self._inbox)
+            note = dict(self._merge_note)
         s.update(
-            pool, loading=len(self._loading),
+            **pool, **note, loading=len(self._loading),
             storage_bytes=sum(m.storage_bytes() for m in self.wrapped.values()),
             max_resident=self.max_resident, memory_budget_bytes=self.memory_budget_bytes,
             running_rows=len(self._running), waiting=len(self._waiting) + queued,
@@ -416,7 +434,14 @@ class BatchEngine:
             if key not in self._slots and key not in self._loading and key not in self._peft_only \
                     and key not in self._loaded:
                 self._start_load(key, path)
+        elif kind == "merged":
+            self._install_merge(*item[1:])
         elif kind == "invalidate":
+            if self._hot is not None and self._hot.key == item[1]:
+                self._unmerge(f"adapter {item[1][:12]} was invalidated")
+            if self._merging is not None and self._merging.key == item[1]:
+                self._merging.refs -= 1
+                self._merging = None    # the merge being built is dropped when it arrives
             slot = self._slots.get(item[1])
             if slot is not None and slot.refs == 0:
                 self._evict(slot)
@@ -612,10 +637,18 @@ class BatchEngine:
                 slot.refs += 1
                 job.slot = slot.index
                 self._slots.move_to_end(job.key)
+                if self._hot is slot:
+                    job.path = "merged"
             self._make_rows(job)
+            self._recent.extend([job.key] * len(job.rows))
         chosen = [j for j in chosen if j.rows]
         if chosen:
             self._prefill(chosen)
+        if self.merge_hot:
+            try:
+                self._consider_merge()
+            except Exception:  # noqa: BLE001  (merging is an optimisation: never fail the batch over it)
+                log.exception("merge_hot: deciding whether to merge failed")
         return True
 
     def _make_rows(self, job: _Job) -> None:
@@ -753,7 +786,7 @@ class BatchEngine:
         return choices
 
     def _release(self, job: _Job) -> None:
-        if job.key is not None and job.path == "batched":
+        if job.key is not None and job.path in ("batched", "merged"):
             slot = self._slots.get(job.key)
             if slot is not None and slot.index == job.slot:
                 slot.refs -= 1
@@ -795,6 +828,89 @@ class BatchEngine:
         self._prune()
         for job in list(self._waiting):
             self._fail(job, EngineClosed("the generation engine was shut down before this request ran"))
+
+    # -- merge_hot ---------------------------------------------------------------------------------------
+    def _consider_merge(self) -> None:
+        """Merge the adapter that carries most recent rows, or drop the merge when it no longer does."""
+        window = self._recent
+        if len(window) < window.maxlen:
+            return
+        counts: dict = {}
+        for key in window:
+            counts[key] = counts.get(key, 0) + 1
+        if self._hot is not None:
+            share = counts.get(self._hot.key, 0) / len(window)
+            if share < self.merge_hot_share - 0.3:
+                self._unmerge(f"its share of the last {len(window)} rows fell to {share:.0%}")
+            return
+        if self._merging is not None:
+            return
+        key, top = max(((k, c) for k, c in counts.items() if k is not None), key=lambda kc: kc[1], default=(None, 0))
+        slot = self._slots.get(key) if key is not None else None
+        if slot is None or top / len(window) < self.merge_hot_share:
+            return
+        need = sum(layer.out_features * layer.in_features * layer.base.weight.element_size()
+                   for layer in self.wrapped.values() if layer.A is not None and layer.ranks[slot.index])
+        limit = self.merge_hot_max_bytes if self.merge_hot_max_bytes is not None else _available_bytes() // 2
+        if need > limit:
+            self._count("merge_refusals")
+            log.warning("merge_hot: adapter %s carries %.0f%% of recent rows but a merged copy needs %.1f MB, more "
+                        "than the %.1f MB allowed; it stays on the batched path", key[:12],
+                        100 * top / len(window), need / 2**20, limit / 2**20)
+            self._recent.clear()    # look again after another window, not on every step
+            return
+        slot.refs += 1
+        self._merging = slot
+        share = top / len(window)
+        layers = dict(self.wrapped)
+
+        def build():
+            try:
+                with torch.inference_mode():
+                    merged = {name: layer.merge_weight(slot.index) for name, layer in layers.items()}
+                self._post(("merged", slot, merged, None, share))
+            except Exception as e:  # noqa: BLE001  (no merge: the adapter stays on the batched path)
+                self._post(("merged", slot, None, e, share))
+
+        self._loader.submit(build)
+
+    def _install_merge(self, slot: _Slot, merged: dict | None, error, share: float) -> None:
+        if self._merging is not slot:
+            return              # invalidated while it was being built (its ref was released then)
+        self._merging = None
+        if error is not None or self._slots.get(slot.key) is not slot:
+            slot.refs -= 1
+            if error is not None:
+                log.warning("merge_hot: merging adapter %s failed: %s", slot.key[:12], error)
+            return
+        nbytes = 0
+        for name, layer in self.wrapped.items():
+            layer.merged = merged.get(name)
+            if layer.merged is not None:
+                nbytes += layer.merged.numel() * layer.merged.element_size()
+        self.ctx.hot_slot = slot.index
+        self._hot = slot
+        why = f"it carried {share:.0%} of the last {self._recent.maxlen} rows"
+        self._note_switch("merge", slot.key, why, nbytes)
+        log.info("merge_hot: serving adapter %s from a merged copy (%.0f MB): %s", slot.key[:12], nbytes / 2**20, why)
+
+    def _unmerge(self, why: str) -> None:
+        slot = self._hot
+        if slot is None:
+            return
+        for layer in self.wrapped.values():
+            layer.merged = None
+        self.ctx.hot_slot = 0
+        self._hot = None
+        slot.refs -= 1
+        self._note_switch("unmerge", slot.key, why, 0)
+        log.info("merge_hot: adapter %s back on the batched path: %s", slot.key[:12], why)
+
+    def _note_switch(self, action: str, key: str, why: str, nbytes: int) -> None:
+        with self._lock:
+            self._stats["merges" if action == "merge" else "unmerges"] += 1
+            self._merge_note = dict(merged_tree=key if action == "merge" else None, merged_bytes=nbytes,
+                                    last_switch={"action": action, "tree": key, "why": why, "at": time.time()})
 
     # -- the PEFT path -----------------------------------------------------------------------------------
     def _run_one_peft(self) -> bool:
@@ -882,6 +998,18 @@ class BatchEngine:
 
 
 # -- small helpers ---------------------------------------------------------------------------------------
+
+def _available_bytes() -> int:
+    """Memory available to new allocations (Linux MemAvailable; elsewhere, assume 4 GiB)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30
+
 
 def _rows_of(req: GenRequest) -> int:
     return req.n if req.temperature >= MIN_SAMPLING_TEMPERATURE else 1

@@ -68,7 +68,8 @@ class _PoolCollector:
                  "memory_bytes": "Bytes the resident adapters take.",
                  "memory_budget_bytes": "The pool's memory budget in bytes.",
                  "pinned": "Pinned adapters (never evicted).",
-                 "loading": "Adapter loads in progress or queued (cold-load cap)."}
+                 "loading": "Adapter loads in progress or queued (cold-load cap).",
+                 "merged_bytes": "Bytes of the merged copy serving a hot adapter (merge_hot); 0 when none."}
         for key, value in opt.items():
             yield GaugeMetricFamily(f"tuneops_adapter_pool_{key}", helps[key], value=value)
         if ids is not None:
@@ -184,12 +185,12 @@ class ServeMetrics:
     def set_pool(self, *, resident: int | Iterable[str], hits: int, misses: int, evictions: int | None = None,
                  capacity: int | None = None, memory_bytes: int | None = None,
                  memory_budget_bytes: int | None = None, pinned: int | None = None,
-                 loading: int | None = None) -> None:
+                 loading: int | None = None, merged_bytes: int | None = None) -> None:
         """The pool's statistics as the engine counts them (hits, misses and evictions are its running totals).
         ``resident``: a count, or the resident artifact ids (then each is also exposed by name)."""
         ids = None if isinstance(resident, int) else sorted(resident)
         opt = {"capacity": capacity, "memory_bytes": memory_bytes, "memory_budget_bytes": memory_budget_bytes,
-               "pinned": pinned, "loading": loading}
+               "pinned": pinned, "loading": loading, "merged_bytes": merged_bytes}
         with self._pool.lock:
             self._pool.values.update(hits=hits, misses=misses, resident=len(ids) if ids is not None else resident)
             if evictions is not None:

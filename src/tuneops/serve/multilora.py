@@ -12,6 +12,13 @@ either grouped by slot (one pair of matmuls per distinct adapter in the batch, r
 gathering each row's A/B and running one ``bmm`` (``LoRAContext.mode``). Both are exact: padding a
 rank with zero rows adds exact zeros. Which is faster depends on the batch (benchmarks/serving_engine.py).
 
+Merging a hot adapter (``merge_weights`` then ``LoRAContext.hot_slot``): each layer the hot adapter
+targets computes with a merged copy ``W + scale * B @ A`` instead of ``W``, the hot slot's rows take
+no LoRA step at all, and every other row subtracts the hot delta again (one more low-rank product for
+those rows only). A batch of only hot rows then costs what the bare base costs. The base weights are
+never written: unmerging drops the copies, so merge/unmerge cycles cannot drift the base. Hot rows
+match the unmerged path to float rounding (the sum is taken in a different order), not bit for bit.
+
 ``read_lora_adapter(path, model)`` reads a PEFT adapter directory (adapter_config.json +
 adapter_model.safetensors) and either returns its per-module tensors or says why it cannot be served
 this way (DoRA, modules_to_save, prefix/prompt tuning, IA3, rank patterns, …): such adapters go to the
@@ -49,8 +56,20 @@ class LoRAContext:
         self.groups: list[tuple[int, torch.Tensor | None]] = []   # (slot, rows; None = all rows)
         self.idx: torch.Tensor | None = None                       # [batch] slot per row
         self.use_gather = False
+        self.hot_slot = 0         # the slot served from merged weights (0: none); set by the engine
+        self.unmerge: torch.Tensor | None = None   # rows that subtract the hot delta (when not all)
+        self.unmerge_all = False
 
     def route(self, slots: list[int], device=None) -> None:
+        self.unmerge, self.unmerge_all = None, False
+        if self.hot_slot:
+            hot = self.hot_slot
+            others = [i for i, s in enumerate(slots) if s != hot]
+            if len(others) == len(slots):
+                self.unmerge_all = True
+            elif others:
+                self.unmerge = torch.tensor(others, dtype=torch.long, device=device)
+            slots = [0 if s == hot else s for s in slots]
         distinct = sorted(set(s for s in slots if s != 0))
         self.groups = []
         self.idx = None
@@ -73,6 +92,7 @@ class LoRAContext:
 
     def clear(self) -> None:
         self.groups, self.idx, self.use_gather = [], None, False
+        self.unmerge, self.unmerge_all = None, False
 
 
 class MultiLoRALinear(nn.Module):
@@ -89,6 +109,7 @@ class MultiLoRALinear(nn.Module):
         self.scale: torch.Tensor | None = None
         self.ranks: list[int] = []     # per slot: the adapter's rank on this layer (0 = not targeted)
         self.scales: list[float] = []  # per slot, as Python floats for the grouped path
+        self.merged: torch.Tensor | None = None   # W + the hot slot's delta, while ctx.hot_slot is merged
 
     # -- storage (engine thread only: a forward reads these) ---------------------------------------------
     def ensure(self, capacity: int, rank: int) -> None:
@@ -131,10 +152,33 @@ class MultiLoRALinear(nn.Module):
             return 0
         return (self.A.numel() + self.Bt.numel()) * self.A.element_size()
 
+    def merge_weight(self, slot: int) -> torch.Tensor | None:
+        """A new ``W + scale * B @ A`` for ``slot`` (None if that adapter does not touch this layer).
+        Reads only the base weight and the slot's rows, so it may run off the scheduler thread while
+        the slot is held."""
+        if self.A is None or slot >= len(self.ranks) or not self.ranks[slot]:
+            return None
+        r = self.ranks[slot]
+        delta = self.Bt[slot, :r].t() @ self.A[slot, :r]
+        return torch.add(self.base.weight.detach(), delta, alpha=self.scales[slot])
+
     # -- forward -------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
         ctx = self.ctx
+        merged = self.merged if ctx.hot_slot else None
+        if merged is None:
+            y = self.base(x)
+        else:
+            y = nn.functional.linear(x, merged, self.base.bias)
+            if ctx.unmerge_all or ctx.unmerge is not None:
+                h = ctx.hot_slot
+                r = self.ranks[h]
+                if ctx.unmerge_all:
+                    y = y - (x @ self.A[h, :r].t() @ self.Bt[h, :r]) * self.scales[h]
+                else:
+                    rows = ctx.unmerge
+                    delta = (x.index_select(0, rows) @ self.A[h, :r].t() @ self.Bt[h, :r]) * self.scales[h]
+                    y = y.index_add(0, rows, delta, alpha=-1)
         if self.A is None or not (ctx.groups or ctx.use_gather):
             return y
         if ctx.use_gather:

@@ -1,4 +1,4 @@
-"""`tuneops registry canary|shadow|route|route-clear`: start a canary and a shadow, show the route, refuse an
+"""`tuneops registry canary|shadow|route|route-clear|disable|enable`: start a canary and a shadow, show the route, refuse an
 unpromotable canary, clear the route; the history shows each change."""
 
 import json
@@ -91,6 +91,26 @@ def test_main_mounts_the_route_commands():
     from tuneops.cli.main import registry_app
 
     names = {c.name or c.callback.__name__ for c in registry_app.registered_commands}
-    if "canary" not in names:
-        pytest.skip("main.py does not mount route_cmd yet (route_cmd.register(registry_app))")
-    assert {"canary", "shadow", "route", "route-clear"} <= names
+    assert {"canary", "shadow", "route", "route-clear", "disable", "enable"} <= names
+
+
+def test_disable_and_enable_are_moves_and_are_checked(home):
+    store, (a0, *_) = home
+    r = _run(store, "disable", "bot@production")
+    assert "needs --reason" in str(r.exception)
+    r = _run(store, "disable", "bot@production", "--reason", "bad answers", "--json")
+    assert r.exit_code == 0, r.output
+    move = json.loads(r.stdout)
+    assert (move["action"], move["to_artifact"], move["reason"]) == ("disable", a0.id, "bad answers")
+    from tuneops.cli.main import app as main_app
+
+    listed = runner.invoke(main_app, ["registry", "list", "--json"], env={"TUNEOPS_HOME": str(store.home)})
+    assert {r["id"]: r["aliases"] for r in json.loads(listed.stdout)}[a0.id] == "bot@production (off)"
+    r = _run(store, "disable", "bot@production", "--reason", "again")
+    assert "already off" in str(r.exception) and "bad answers" in str(r.exception)
+    assert resolve_alias(store, "bot@production").id == a0.id     # the target stays
+    r = _run(store, "enable", "bot@production", "--reason", "fixed")
+    assert r.exit_code == 0 and "switched on" in r.stdout, r.output
+    r = _run(store, "enable", "nobody@production", "--reason", "x")
+    assert "does not exist" in str(r.exception)
+    assert [m.action for m in store.alias_history("bot", "production")] == ["promote", "disable", "enable"]

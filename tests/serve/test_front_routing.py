@@ -263,3 +263,50 @@ def test_an_adapter_that_verifies_but_cannot_load_falls_back_streamed_or_not(wor
         chunks = list(raw.parse())
         assert {c.model for c in chunks} == {base.id}
         assert chunks[-1].tuneops["fallback"]["artifact"] == broken.id
+
+
+def test_an_alias_switched_off_answers_503_or_the_base_and_on_again_its_target(world, server):
+    """`registry disable`: the next request sees it (no restart); 503 alias_disabled (not retried by the openai
+    client) or, with fallback="base", the base with the reason; `enable` brings the target back. Both are moves."""
+    from tuneops.release.registry import AliasDisabled, promote, resolve_alias, set_enabled
+    from tuneops.serve.app import create_app
+
+    store, base, (_, a1, *_) = world
+    _, url = server
+    promote(store, a1.id, "off-bot@production")
+    assert chat(url, "off-bot").headers["x-tuneops-artifact"] == a1.id
+    with running(create_app(store, base.id, fallback="base", max_tokens_limit=16)) as fb_url:
+        set_enabled(store, "off-bot", False, reason="answers leak an internal code name")
+        r = chat(url, "off-bot")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "alias_disabled", r.text
+        assert "answers leak an internal code name" in r.json()["error"]["message"]
+        assert r.headers["x-should-retry"] == "false"
+        calls = []
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused",   # default retries: it must not retry
+                               http_client=httpx.Client(event_hooks={"request": [calls.append]}))
+        with pytest.raises(openai.InternalServerError) as err:
+            client.chat.completions.create(model="off-bot", messages=HI, max_tokens=2)
+        assert err.value.status_code == 503 and len(calls) == 1
+        r = chat(fb_url, "off-bot")
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model"] == base.id and r.headers["x-tuneops-fallback"] == "base"
+        assert body["tuneops"]["alias"] == "off-bot@production" and body["tuneops"]["artifact"] is None
+        assert "switched off: answers leak" in body["tuneops"]["fallback"]["reason"]
+        models = {m["id"]: m for m in httpx.get(url + "/v1/models").json()["data"]}
+        assert models["off-bot@production"]["tuneops"]["disabled"] == "answers leak an internal code name"
+        # Resolving for anything but serving still works; switching it off twice is refused.
+        assert resolve_alias(store, "off-bot").id == a1.id
+        with pytest.raises(AliasDisabled):
+            resolve_alias(store, "off-bot", serving=True)
+        from tuneops.errors import StateError
+
+        with pytest.raises(StateError, match="already off"):
+            set_enabled(store, "off-bot", False, reason="again")
+        set_enabled(store, "off-bot", True, reason="code name scrubbed")
+        for u in (url, fb_url):
+            r = chat(u, "off-bot")
+            assert r.status_code == 200 and r.headers["x-tuneops-artifact"] == a1.id and \
+                "x-tuneops-fallback" not in r.headers
+    moves = [m.action for m in store.alias_history("off-bot", "production")]
+    assert moves[-2:] == ["disable", "enable"]

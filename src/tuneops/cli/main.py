@@ -593,7 +593,8 @@ def registry_list(as_json: bool = JSON):
         store = _store()
         by_artifact: dict[str, list[str]] = {}
         for a in aliases(store):
-            by_artifact.setdefault(a.artifact_id, []).append(f"{a.name}@{a.stage}")
+            by_artifact.setdefault(a.artifact_id, []).append(
+                f"{a.name}@{a.stage}" + (" (off)" if a.disabled_reason is not None else ""))
         rows = [{**record_dict(r, ART_FIELDS), "aliases": ", ".join(by_artifact.get(r.id, [])) or None}
                 for r in store.all(ArtifactRecord)]
     emit(rows, as_json=as_json, title="artifacts")

@@ -1,4 +1,4 @@
-"""Canary and shadow routes of an alias: ``tuneops registry canary|shadow|route|route-clear``.
+"""Routes of an alias: ``tuneops registry canary|shadow|route|route-clear|disable|enable``.
 
 typer and rich only at import time; the store loads inside the commands. Every change is a move in the
 alias's history (``tuneops registry history ALIAS``); the serving front reads the active route.
@@ -128,3 +128,24 @@ def register(registry_app: typer.Typer) -> None:
         moves = clear_route(_store(), alias, reason=reason, part=part)
         emit([record_dict(m, MOVE_FIELDS) for m in moves], as_json=as_json,
              title=f"{moves[0].name}@{moves[0].stage}: route cleared")
+
+    @registry_app.command("disable")
+    def registry_disable(alias: str = typer.Argument(..., help="name@stage"),
+                         reason: Optional[str] = typer.Option(None, help="Why (logged; required)."),
+                         as_json: bool = JSON):
+        """Switch an alias off for serving, at once and without a restart: servers answer 503 alias_disabled,
+        or the base with a fallback flag under `serve --fallback base`. Target and history stay (logged)."""
+        from tuneops.release.registry import set_enabled
+
+        mv = set_enabled(_store(), alias, False, reason=reason)
+        emit_one(record_dict(mv, MOVE_FIELDS), as_json=as_json, title=f"{mv.name}@{mv.stage}: switched off")
+
+    @registry_app.command("enable")
+    def registry_enable(alias: str = typer.Argument(..., help="name@stage"),
+                        reason: Optional[str] = typer.Option(None, help="Why (logged; required)."),
+                        as_json: bool = JSON):
+        """Switch a disabled alias back on: the next request is served by its target again (logged)."""
+        from tuneops.release.registry import set_enabled
+
+        mv = set_enabled(_store(), alias, True, reason=reason)
+        emit_one(record_dict(mv, MOVE_FIELDS), as_json=as_json, title=f"{mv.name}@{mv.stage}: switched on")

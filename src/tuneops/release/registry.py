@@ -52,6 +52,16 @@ class SunsetPassed(StateError):
     error_code = "model_sunset"
 
 
+class AliasDisabled(StateError):
+    """The alias is switched off for serving (`tuneops registry disable`): the server answers 503
+    ``alias_disabled``, or the base with ``tuneops.fallback`` when it runs with ``--fallback base``."""
+
+    http_status = 503
+    error_type = "server_error"
+    error_code = "alias_disabled"
+    headers = {"x-should-retry": "false"}   # an operator switched it off: retrying will not help
+
+
 @lru_cache(maxsize=1)
 def code_version() -> str:
     """Package version plus the git commit of the source tree when there is one."""
@@ -351,7 +361,8 @@ def latest_eval(store: Store, artifact_id: str, *, gated: bool = False) -> EvalR
 
 
 # The moves that re-point an alias. Route moves (canary, canary_rollback, shadow, route_clear: see
-# release/routing.py) are logged in the same hash-chained history but leave the target and this list alone.
+# release/routing.py) and disable / enable are logged in the same hash-chained history but leave the
+# target and this list alone.
 TARGET_ACTIONS = ("promote", "rollback")
 
 
@@ -630,14 +641,45 @@ def rollback(store: Store, alias: str, *, reason: str | None = None,
     return store.transact(move)
 
 
-def resolve_alias(store: Store, alias: str) -> ArtifactRecord:
+def resolve_alias(store: Store, alias: str, *, serving: bool = False) -> ArtifactRecord:
+    """The alias's target. ``serving``: an alias switched off (`tuneops registry disable`) raises
+    AliasDisabled instead; evaluating, exporting or showing its target still works."""
     name, stage = parse_alias(alias)
     with store.session(write=False) as s:
         rec = s.get(AliasRecord, (name, stage))
         if rec is None:
             raise NotFound(f"alias {name}@{stage} does not exist", hint="see `tuneops registry list`")
-        artifact_id = rec.artifact_id
+        artifact_id, disabled = rec.artifact_id, rec.disabled_reason
+    if serving and disabled is not None:
+        raise AliasDisabled(f"{name}@{stage} is switched off: {disabled}",
+                            hint=f"`tuneops registry enable {name}@{stage} --reason …` switches it back on")
     return store.get_artifact(artifact_id)
+
+
+def set_enabled(store: Store, alias: str, enabled: bool, *, reason: str | None) -> AliasMove:
+    """Switch an alias off for serving (``enabled=False``) or back on, as a ``disable`` / ``enable`` move in
+    its hash-chained history. Its target and rollback list stay as they are; a promote or rollback while
+    it is off keeps it off. Refused (StateError) when it already is in that state."""
+    name, stage = parse_alias(alias)
+    action = "enable" if enabled else "disable"
+    if not reason or not reason.strip():
+        raise InvalidInput(f"switching {name}@{stage} {'on' if enabled else 'off'} needs --reason: it is logged "
+                           "in the alias's history")
+    reason = reason.strip()
+
+    def move(s: Session) -> AliasMove:
+        current = _lock_alias(s, name, stage)
+        if current is None:
+            raise NotFound(f"alias {name}@{stage} does not exist", hint="see `tuneops registry list`")
+        if (current.disabled_reason is None) == enabled:
+            raise StateError(f"{name}@{stage} is already {'on' if enabled else 'off'}"
+                             + (f" (switched off: {current.disabled_reason})" if not enabled else ""),
+                             hint=f"see `tuneops registry history {name}@{stage}`")
+        current.disabled_reason = None if enabled else reason
+        return _append_move(s, store, name=name, stage=stage, action=action, current=current,
+                            to_artifact=current.artifact_id, reason=reason)
+
+    return store.transact(move)
 
 
 def aliases(store: Store) -> list[AliasRecord]:

@@ -53,7 +53,7 @@ from tuneops.errors import IntegrityError, InvalidInput, NotFound, TuneopsError
 from tuneops.eval.generate import encode_chat
 from tuneops.models.base import base_dir, load_base
 from tuneops.release.registry import (
-    ALIAS_RE, aliases, artifact_dir, check_release, deprecation_status, resolve_alias,
+    ALIAS_RE, AliasDisabled, aliases, artifact_dir, check_release, deprecation_status, parse_alias, resolve_alias,
 )
 from tuneops.release.lineage import check_base_compatible
 from tuneops.release.routing import CanaryMonitor, RouteCache, choose_target, should_shadow
@@ -312,7 +312,7 @@ class AdapterPool:
         if ref.startswith("ad-"):
             art, label = self.store.get_artifact(ref), None
         elif ALIAS_RE.match(ref):
-            art, label = resolve_alias(self.store, ref), ref if "@" in ref else f"{ref}@production"
+            art, label = resolve_alias(self.store, ref, serving=True), ref if "@" in ref else f"{ref}@production"
         else:
             raise NotFound(f"model {ref!r} is not an alias, artifact id or base id",
                            hint="see GET /v1/models")
@@ -524,8 +524,9 @@ def create_app(store: Store, base_id: str, *, api_key: str | None = None, max_bo
     max_resident / memory_budget_mb / max_cold_loads / pinned: the adapter pool (LRU by content hash).
     merge_hot: serve an adapter that carries most traffic from a merged copy of the base (memory permitting;
         embedded engine); requests it serves say ``path: merged``, /healthz and /metrics show the switch.
-    fallback: when an adapter's files fail verification or loading, "error" answers 503
-        (integrity_check_failed); "base" answers with the bare base and says so (``tuneops.fallback``,
+    fallback: when an adapter's files fail verification or loading, or its alias is switched off
+        (`tuneops registry disable`), "error" answers 503 (integrity_check_failed, alias_disabled); "base"
+        answers with the bare base and says so (``tuneops.fallback``,
         ``X-Tuneops-Fallback``).
     engine_factory: builds the generation engine from the pool (default: the embedded BatchEngine on the base
         loaded here); ``serve.vllm_engine`` puts vLLM behind the same front.
@@ -730,7 +731,9 @@ def create_app(store: Store, base_id: str, *, api_key: str | None = None, max_bo
             art = store.get_artifact(a.artifact_id)
             if art.base_id == pool.base.id:
                 data.append({"id": f"{a.name}@{a.stage}", "object": "model", "created": created,
-                             "owned_by": "tuneops", "tuneops": {"kind": "alias", "artifact": art.id}})
+                             "owned_by": "tuneops", "tuneops": {"kind": "alias", "artifact": art.id,
+                                                                **({"disabled": a.disabled_reason}
+                                                                   if a.disabled_reason is not None else {})}})
         return data
 
     def visible(principal: Principal) -> list[dict]:
@@ -825,7 +828,16 @@ def create_app(store: Store, base_id: str, *, api_key: str | None = None, max_bo
         limiter.check_request(principal)  # 429 before any work
         target = await run_in_threadpool(directory.authorize, principal, req.model, base_id=pool.base.id,
                                          base_name=pool.base.name)
-        artifact, alias = await run_in_threadpool(pool.resolve, target.ref)
+        fell_back = None
+        try:
+            artifact, alias = await run_in_threadpool(pool.resolve, target.ref)
+        except AliasDisabled as e:  # switched off by an operator: the base answers, or 503 alias_disabled
+            if fallback != "base":
+                raise
+            name, stage = parse_alias(target.ref)
+            artifact, alias = None, f"{name}@{stage}"
+            log.warning("serving the base for %s: %s", alias, e.message)
+            fell_back = {"to": "base", "artifact": None, "reason": e.message}
         alias = target.alias or alias
         rid = trace.id
         role, route = None, None
@@ -842,7 +854,6 @@ def create_app(store: Store, base_id: str, *, api_key: str | None = None, max_bo
                     log.warning("canary %s of %s refused, serving the primary: %s", chosen, alias, e.message)
                     bg.submit(monitor.record, alias, "canary", chosen, False, 0.0)
                     role = "primary"
-        fell_back = None
         try:
             await run_in_threadpool(pool.verify, artifact)
         except IntegrityError as e:

@@ -146,8 +146,9 @@ def list_artifacts(fields: Sequence[str], *, home=None, db_url=None) -> list[dic
     """``tuneops registry list``: each artifact with the aliases (name@stage) pointing at it."""
     def read(conn):
         by_artifact: dict[str, list[str]] = {}
-        for a in _select(conn, "aliases", ("name", "stage", "artifact_id", "updated_at"), "name"):
-            by_artifact.setdefault(a["artifact_id"], []).append(f"{a['name']}@{a['stage']}")
+        for a in _select(conn, "aliases", ("name", "stage", "artifact_id", "disabled_reason"), "name"):
+            off = " (off)" if a["disabled_reason"] is not None else ""
+            by_artifact.setdefault(a["artifact_id"], []).append(f"{a['name']}@{a['stage']}{off}")
         return [{**_pick(r, fields), "aliases": ", ".join(by_artifact.get(r["id"], [])) or None}
                 for r in _select(conn, "artifacts", (*fields, "id"), "created_at")]
     return _read(read, home, db_url)

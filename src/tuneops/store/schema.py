@@ -154,6 +154,9 @@ class AliasRecord(Base):
     stage: Mapped[str] = mapped_column(String(64), primary_key=True)
     artifact_id: Mapped[str] = mapped_column(ForeignKey("artifacts.id"))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Switched off for serving (`tuneops registry disable`): why; None = on. Set with a `disable` /
+    # `enable` move in alias_moves; promote and rollback leave it as it is.
+    disabled_reason: Mapped[str | None] = mapped_column(Text, nullable=True, default=None)
 
 
 class AliasMove(Base):
@@ -161,7 +164,8 @@ class AliasMove(Base):
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(200), index=True)
     stage: Mapped[str] = mapped_column(String(64))
-    # promote | rollback move the target; canary | shadow | canary_rollback | route_clear only route traffic
+    # promote | rollback move the target; canary | shadow | canary_rollback | route_clear only route traffic;
+    # disable | enable switch the alias off / on for serving (to = the target at that moment)
     action: Mapped[str] = mapped_column(String(32))
     from_artifact: Mapped[str | None] = mapped_column(String(64), nullable=True)
     to_artifact: Mapped[str] = mapped_column(String(64))

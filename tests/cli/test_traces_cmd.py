@@ -113,3 +113,22 @@ def test_the_real_cli(traced, tmp_path):
     assert missing.returncode == 2 and "not found" in missing.stderr and "fix:" in missing.stderr
     empty = tuneops(tmp_path / "nowhere", "traces", "list", check=False)
     assert empty.returncode == 2 and not (tmp_path / "nowhere").exists()
+
+
+def test_prune_counts_then_prunes(tmp_path):
+    from tuneops.serve.tracing import Tracer
+    from tuneops.store import Store
+
+    from tests.serve.test_tracing import serve_one
+
+    store = Store(tmp_path / "store")
+    tracer = Tracer(store, flush_interval=0.05)
+    serve_one(tracer, tenant="globex")
+    serve_one(tracer, tenant="acme")
+    tracer.close()
+    res = run(store.home, "traces", "prune", "--tenant", "globex", "--dry-run")
+    assert res.exit_code == 0 and "would prune 1 traces" in res.output, res.output
+    assert run(store.home, "traces", "prune", "--tenant", "globex").exit_code == 0
+    assert [r["tenant"] for r in json.loads(run(store.home, "traces", "list", "--json").output)] == ["acme"]
+    res = run(store.home, "traces", "prune")
+    assert res.exit_code != 0 and "--older-than" in str(res.exception)

@@ -277,3 +277,38 @@ def test_one_bad_trace_does_not_take_its_batch_with_it(store):
     assert set(rows) == {t.id for t in good} | {odd.id}
     assert len(rows[odd.id].tenant) == 200 and len(rows[odd.id].model) == 300
     assert rows[odd.id].extra["fallback"].startswith("<object object")
+
+
+def test_prune_drops_old_traces_or_only_their_content_and_is_audited(store):
+    from sqlalchemy import update
+
+    from tuneops.errors import InvalidInput
+    from tuneops.serve.tracing import prune_traces
+    from tuneops.store.schema_traces import TraceRecord
+
+    tracer = Tracer(store, content=True, flush_interval=0.05)
+    old = [serve_one(tracer, tenant="acme", messages=[{"role": "user", "content": PII_MESSAGE}]) for _ in range(3)]
+    new = [serve_one(tracer, tenant=t) for t in ("acme", "globex")]
+    assert tracer.flush(10)
+    tracer.close()
+    from datetime import datetime, timezone
+
+    long_ago = datetime(2020, 1, 1, tzinfo=timezone.utc)
+    with store.session() as s:
+        s.execute(update(TraceRecord).where(TraceRecord.id.in_([t.id for t in old])).values(at=long_ago))
+    with pytest.raises(InvalidInput, match="say which traces"):
+        prune_traces(store)
+    assert prune_traces(store, older_than="30d", content_only=True, dry_run=True) == 3
+    assert prune_traces(store, older_than="30d", content_only=True) == 3
+    rows = {r.id: r for r in traces(store)}
+    assert len(rows) == 5 and all(rows[t.id].content is None and rows[t.id].pii is None for t in old)
+    assert rows[old[0].id].artifact_id is None and rows[old[0].id].tenant == "acme"   # metadata kept
+    assert rows[new[0].id].content is not None                                        # newer content kept
+    assert prune_traces(store, older_than="30d", content_only=True) == 0              # nothing left to drop
+    assert prune_traces(store, older_than="2021-01-01") == 3
+    assert {r.id for r in traces(store)} == {t.id for t in new}
+    assert prune_traces(store, tenant="globex") == 1                                  # a tenant that leaves
+    assert [r.id for r in traces(store)] == [new[0].id]
+    events = [e for e in store.audit_log() if e.action == "traces.prune"]
+    assert [(e.details["count"], e.details["content_only"], e.details["tenant"]) for e in events] == \
+        [(3, True, None), (3, False, None), (1, False, "globex")]

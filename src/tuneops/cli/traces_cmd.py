@@ -90,7 +90,7 @@ def lineage_text(data: dict) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    traces_app = typer.Typer(help="Request traces: list, show (with lineage back to the training rows).",
+    traces_app = typer.Typer(help="Request traces: list, show (with lineage back to the training rows), prune.",
                              no_args_is_help=True)
     app.add_typer(traces_app, name="traces")
 
@@ -121,6 +121,26 @@ def register(app: typer.Typer) -> None:
                    "status": r["status"] if not r["error_code"] else f"{r['status']} {r['error_code']}",
                    "s": "—" if r["latency_s"] is None else f"{r['latency_s']:.2f}"} for r in rows],
                  as_json=False, title="traces")
+
+    @traces_app.command("prune")
+    def traces_prune(
+        older_than: Optional[str] = typer.Option(None, "--older-than",
+                                                 help="Traces older than this: 30d, 12h, or an ISO date."),
+        tenant: Optional[str] = typer.Option(None, "--tenant", help="Only this tenant's traces (a tenant that "
+                                                                     "leaves: all of them)."),
+        content_only: bool = typer.Option(False, "--content-only",
+                                          help="Keep the metadata (who, which artifact, timings); drop the "
+                                               "recorded messages and answers."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Only count what would be pruned."),
+    ):
+        """Retention: delete old traces (or only their content), audited. Run it from cron, e.g. daily with
+        --older-than 30d, and --content-only with a shorter window."""
+        from tuneops.serve.tracing import prune_traces
+
+        n = prune_traces(_store(), older_than=older_than, tenant=tenant, content_only=content_only,
+                         dry_run=dry_run)
+        what = "traces' content" if content_only else "traces"
+        say(f"{'would prune' if dry_run else 'pruned'} {n} {what}")
 
     @traces_app.command("show")
     def traces_show(trace_id: str = typer.Argument(..., help="A trace id (tr-…), as the X-Tuneops-Trace header "

@@ -502,6 +502,43 @@ def traces(store: "Store", *, tenant: str | None = None, artifact: str | None = 
     return rows
 
 
+def prune_traces(store: "Store", *, older_than: str | datetime | timedelta | None = None, tenant: str | None = None,
+                 content_only: bool = False, dry_run: bool = False) -> int:
+    """Retention: delete the traces older than ``older_than`` (and/or of one ``tenant``: a tenant that leaves),
+    or with ``content_only`` keep their metadata and drop their content and PII counts. Needs at least one of
+    ``older_than`` and ``tenant``. One transaction, audited (``traces.prune``, the count and the filter);
+    returns how many traces it changed (or would change, with ``dry_run``)."""
+    from sqlalchemy import delete, func, select, update
+
+    from tuneops.store.schema_traces import TraceRecord
+
+    if older_than is None and tenant is None:
+        raise InvalidInput("say which traces to prune: --older-than (e.g. 30d) and/or --tenant",
+                           hint="`tuneops traces prune --older-than 30d` keeps the last 30 days")
+    cond = []
+    cutoff = parse_since(older_than)
+    if cutoff is not None:
+        cond.append(TraceRecord.at < _db_time(store, cutoff))
+    if tenant is not None:
+        cond.append(TraceRecord.tenant == tenant)
+    if content_only:
+        cond.append(TraceRecord.content.is_not(None) | TraceRecord.pii.is_not(None))
+    with store.session() as s:
+        n = int(s.scalar(select(func.count()).select_from(TraceRecord).where(*cond)) or 0)
+        if dry_run or not n:
+            return n
+        if content_only:
+            # JSON columns: SQLAlchemy's JSON type would store Python None as JSON 'null'; null() is SQL NULL
+            from sqlalchemy import null
+
+            s.execute(update(TraceRecord).where(*cond).values(content=null(), pii=null()))
+        else:
+            s.execute(delete(TraceRecord).where(*cond))
+        store.audit(s, "traces.prune", "traces", tenant or "*", count=n, content_only=content_only,
+                    older_than=cutoff.isoformat() if cutoff else None, tenant=tenant)
+    return n
+
+
 def _db_time(store: "Store", dt: datetime) -> datetime:
     """SQLite keeps timestamps as naive UTC text: compare in that form there."""
     dt = dt.astimezone(timezone.utc)

@@ -13,7 +13,9 @@ one at a time (never two heavy ones at once), each with the load average before 
    rounds (a change of machine load hits all of them alike): ``plain_generate_batch8`` (``model.generate``
    on the bare base, batch 8, in this process: the yardstick), and over HTTP the bare base, 1 adapter,
    8 / 32 / 100 distinct adapters (request k uses adapter k mod N, and each round sends at least N requests,
-   so every adapter is used; 100 > the pool's 64 slots, so that configuration runs with LRU misses).
+   so every adapter is used; 100 > the pool's 64 slots, so that configuration runs with LRU misses);
+   ``http_1_adapter_merge_hot``: the same single adapter on a second server started with ``merge_hot=True``
+   (warmed with 64 requests so that it is merged before it is timed) — ``--no-merge-hot`` leaves it out.
 3. cold load: an r=16 adapter never requested before, one request of 1 token; the pool's load time as the
    server measures it (``tuneops_adapter_load_seconds`` in /metrics) and the extra end-to-end latency over
    a warm request of the same adapter.
@@ -403,6 +405,23 @@ async def _touch(url: str, models: list[str], concurrency: int = 8, max_tokens: 
     return records
 
 
+def _healthz(url: str) -> dict:
+    import httpx
+
+    return httpx.get(url + "/healthz", timeout=30).json()
+
+
+def wait_merged(url: str, artifact_id: str, timeout: float = 120) -> dict:
+    """Wait until the merge_hot server serves ``artifact_id`` from its merged copy; its pool's merge facts."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        pool = _healthz(url)["pool"]
+        if pool.get("merged_tree") and pool.get("merges"):
+            return {k: pool.get(k) for k in ("merged_tree", "merged_bytes", "last_switch")}
+        time.sleep(0.5)
+    raise RuntimeError(f"{artifact_id} was not merged within {timeout}s")
+
+
 # -- phases ----------------------------------------------------------------------------------------------
 
 def plain_generate(model, tokenizer, new_tokens: int):
@@ -435,9 +454,10 @@ def throughput_configs(base_id: str, adapters: list[str], counts=(1, 8, 32, 100)
 
 async def throughput_phase(url: str, configs: dict[str, list[str]], plain, *, repeats: int, clients: int,
                            requests_per_client: int, new_tokens: int, pool_size: int, machine: Machine,
-                           con=None) -> dict:
+                           con=None, urls: dict[str, str] | None = None) -> dict:
     """Every configuration once per round, ``repeats`` rounds, the order rotated each round. Each HTTP
     configuration first warms its adapters (one 1-token request each, untimed) when they fit the pool."""
+    base_url = url
     names = ["plain_generate_batch8"] + list(configs)
     samples: dict[str, list[dict]] = {n: [] for n in names}
     cursor = {n: 0 for n in configs}  # where each configuration's adapter cycle continues next round
@@ -452,6 +472,7 @@ async def throughput_phase(url: str, configs: dict[str, list[str]], plain, *, re
                 sample = {"tokens": tokens, "wall_s": wall, "requests": 8 * requests_per_client, "errors": 0}
             else:
                 models = configs[name]
+                url = (urls or {}).get(name, base_url)
                 if len(models) <= pool_size:
                     await _touch(url, models, min(clients, len(models)), 1, None)
                 start = cursor[name]
@@ -486,6 +507,9 @@ async def throughput_phase(url: str, configs: dict[str, list[str]], plain, *, re
                 ratios[name.removeprefix("http_").removesuffix("_adapters").join(("mixed", "_over_single"))] = \
                     per_round(name, "http_1_adapter")
     ratios["base_over_plain_batch8"] = per_round("http_base", "plain_generate_batch8")
+    if "http_1_adapter_merge_hot" in tps:
+        ratios["merged_single_over_plain_batch8"] = per_round("http_1_adapter_merge_hot", "plain_generate_batch8")
+        ratios["merged_single_over_single"] = per_round("http_1_adapter_merge_hot", "http_1_adapter")
     return {"tokens_per_s": {n: round(v, 2) for n, v in tps.items()}, "samples": samples,
             "ratios_per_round": {k: [round(x, 3) for x in v] for k, v in ratios.items()},
             "ratios": {k: round(statistics.median(v), 3) for k, v in ratios.items()}}
@@ -584,7 +608,10 @@ def summarize(*, throughput: dict, cold: dict, load: dict, scan: dict, fuzz: dic
         "mixed8_over_single": ratios.get("mixed8_over_single"),
         "mixed100_over_single": ratios.get("mixed100_over_single"),
         "base_over_plain_batch8": ratios.get("base_over_plain_batch8"),
+        "merged_single_over_plain_batch8": ratios.get("merged_single_over_plain_batch8"),
+        "merged_single_over_single": ratios.get("merged_single_over_single"),
         "ratios_per_round": throughput["ratios_per_round"],
+        "merge_hot_pool": throughput.get("merge_hot_pool"),
         "cold_load_p50_ms": cold["cold_load_p50_ms"],
         "cold_load_p95_ms": cold["cold_load_p95_ms"],
         "cold_load": {k: v for k, v in cold.items()},
@@ -668,6 +695,8 @@ def main() -> None:
     ap.add_argument("--load-clients", type=int, default=32)
     ap.add_argument("--load-seconds", type=float, default=None, help="load phase length (60, quick 20)")
     ap.add_argument("--fuzz", type=int, default=None, help="schemathesis + hostile requests (120, quick 30; 0 = skip)")
+    ap.add_argument("--no-merge-hot", action="store_true",
+                    help="leave out http_1_adapter_merge_hot (a second server started with merge_hot=True)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--plot", type=Path, default=PLOT)
     ap.add_argument("--serve-child", default=None, help=argparse.SUPPRESS)
@@ -707,7 +736,7 @@ def main() -> None:
     from tuneops.models.base import base_dir, import_embedded, load_base
     from tuneops.store import Store
 
-    server = None
+    server = merged_server = None
     try:
         with machine.phase("setup"), progress(con) as prog:
             store = Store(home / "store")
@@ -740,11 +769,28 @@ def main() -> None:
         con.log(f"server {server.url} (pid {server.pid}) ready; {memory['server_after_start']}")
 
         configs = throughput_configs(base.id, hot)
+        urls = {}
+        if not args.no_merge_hot:
+            with machine.phase("merged_server_start"):
+                merged_server = ServerProcess(home, base.id, app_kwargs | {"merge_hot": True}, threads=args.threads)
+                merged_server.wait_ready()
+                asyncio.run(_touch(merged_server.url, [hot[0]] * 64, 8, 1, None))   # a full merge_hot window
+                merged = wait_merged(merged_server.url, hot[0])
+            con.log(f"merge_hot server {merged_server.url}: {merged}")
+            configs["http_1_adapter_merge_hot"] = [hot[0]]
+            urls["http_1_adapter_merge_hot"] = merged_server.url
         with machine.phase("throughput"):
             con.log("throughput: " + ", ".join(["plain_generate_batch8"] + list(configs)))
             thr = asyncio.run(throughput_phase(server.url, configs, plain, repeats=repeats, clients=args.clients,
                                                requests_per_client=rpc, new_tokens=args.new_tokens,
-                                               pool_size=app_kwargs["max_resident"], machine=machine, con=con))
+                                               pool_size=app_kwargs["max_resident"], machine=machine, con=con,
+                                               urls=urls))
+        if urls:
+            thr["merge_hot_pool"] = {k: v for k, v in _healthz(merged_server.url)["pool"].items()
+                                     if k in ("merged_tree", "merged_bytes", "merges", "unmerges", "path_merged",
+                                              "last_switch")}
+            memory["merged_server_after_throughput"] = memory_mb(merged_server.pid)
+            merged_server.stop()
         memory["server_after_throughput"] = memory_mb(server.pid)
         del plain_model, plain
 
@@ -787,8 +833,9 @@ def main() -> None:
         memory["server_at_end"] = memory_mb(server.pid)
         memory["server_alive_at_end"] = server.proc.poll() is None
     finally:
-        if server is not None:
-            server.stop()
+        for srv in (server, merged_server):
+            if srv is not None:
+                srv.stop()
     m = machine.as_dict() | {"server_memory": memory,
                              "note": "2 cores shared with other agents' work: absolute figures are noisy; "
                                      "configurations are interleaved so the ratios are measured under the same load"}

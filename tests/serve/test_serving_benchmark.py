@@ -39,16 +39,22 @@ def test_serving_benchmark_phases_on_the_tiny_model(tmp_path, tiny_model_dir):
     model, tok = load_base(store, base)
     plain = bench.plain_generate(model, tok, 4)
     assert plain() == 8 * 4
-    with running(create_app(store, base.id, max_tokens_limit=4, max_resident=2)) as url:
+    with running(create_app(store, base.id, max_tokens_limit=4, max_resident=2)) as url, \
+            running(create_app(store, base.id, max_tokens_limit=4, max_resident=2, merge_hot=True)) as merged_url:
         configs = bench.throughput_configs(base.id, big_ids[:3], counts=(1, 3))
         assert list(configs) == ["http_base", "http_1_adapter", "http_3_adapters"]
+        asyncio.run(bench._touch(merged_url, [big_ids[0]] * 64, 8, 1))
+        assert bench.wait_merged(merged_url, big_ids[0], timeout=30)["merged_bytes"] > 0
+        configs["http_1_adapter_merge_hot"] = [big_ids[0]]
         with machine.phase("throughput"):
             thr = asyncio.run(bench.throughput_phase(url, configs, plain, repeats=2, clients=2,
                                                      requests_per_client=1, new_tokens=4, pool_size=2,
-                                                     machine=machine))
+                                                     machine=machine, urls={"http_1_adapter_merge_hot": merged_url}))
         assert set(thr["tokens_per_s"]) == {"plain_generate_batch8", *configs}
         assert all(s["errors"] == 0 and s["tokens"] > 0 for v in thr["samples"].values() for s in v)
-        assert set(thr["ratios"]) >= {"single_over_plain_batch8", "mixed3_over_single", "base_over_plain_batch8"}
+        assert set(thr["ratios"]) >= {"single_over_plain_batch8", "mixed3_over_single", "base_over_plain_batch8",
+                                      "merged_single_over_plain_batch8", "merged_single_over_single"}
+        assert bench._healthz(merged_url)["pool"]["path_merged"] >= 2   # the merged configuration ran merged
         assert len(thr["ratios_per_round"]["single_over_plain_batch8"]) == 2
 
         cold = asyncio.run(bench.cold_phase(url, big_ids[3:]))

@@ -325,7 +325,7 @@ def early_stop_check(store: Store, recipe: Recipe, plan: TrainingPlan) -> StopCh
                     f"(more than max_drop {spec.max_drop:g})")
         return None
 
-    return StopCheck(spec.every, check)
+    return StopCheck(spec.every, check, restore_best=spec.restore_best)
 
 
 def check_leakage(store: Store, recipe: Recipe, train_ds, suites: list[Suite]) -> list[dict]:

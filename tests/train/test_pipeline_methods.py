@@ -35,6 +35,11 @@ def test_full_fine_tune_registers_a_model_artifact_and_evaluates_paired(tiny_env
     assert not torch.allclose(a, b) and torch.equal(a, c)
 
 
+def _key(name: str) -> str:
+    """A trainable parameter's name as PEFT saves it (no adapter name, DoRA's magnitude without .weight)."""
+    return name.replace(".default", "").removesuffix(".weight")
+
+
 def test_dora_with_replay_and_early_stopping(tiny_env, monkeypatch):
     """Forgetting controls reach training: replay rows are mixed in (and recorded in lineage), and the off-domain
     suite, scored at step 0 and every step, stops the run once it falls more than max_drop. (A random tiny model
@@ -45,7 +50,7 @@ def test_dora_with_replay_and_early_stopping(tiny_env, monkeypatch):
 
     def scripted(model, tokenizer, suite, **kw):
         assert not model.training and suite.name == "forgetting" and len(suite.items) == 4
-        calls.append(1)
+        calls.append({_key(n): p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
         return {m: 1.0 - 0.1 * (len(calls) - 1) for m in suite.metric_names()}
 
     monkeypatch.setattr(paired, "score_model", scripted)
@@ -63,3 +68,14 @@ def test_dora_with_replay_and_early_stopping(tiny_env, monkeypatch):
     # step 0: 1.0; step 1: 0.9 (drop 0.1, fine); step 2: 0.8 (drop 0.2 > 0.15): stop
     assert steps == 2 and ev["stopped_early"].startswith("early stop at step 2: forgetting."), ev
     assert len(calls) == 3
+    # restore_best (the default): the artifact holds the weights of step 1, the last check within max_drop.
+    assert ev["stopped_early"].endswith("weights restored to step 1, the last check within bounds")
+    import torch
+    from safetensors.torch import load_file
+
+    saved = {_key(k): v for k, v in
+             load_file(str(store.blobs.tree_path(out.artifact.tree) / "adapter_model.safetensors")).items()}
+    assert saved and set(saved) <= set(calls[1])
+    step1, step2 = calls[1], calls[2]
+    assert all(torch.equal(saved[k], step1[k]) for k in saved)
+    assert any(not torch.equal(saved[k], step2[k]) for k in saved)   # step 2 had moved on

@@ -228,6 +228,9 @@ class EarlyStoppingSpec(_Strict):
     max_drop: float = Field(0.05, ge=0, description="Stop when the metric falls more than this below its value "
                                                     "before training.")
     max_items: int | None = Field(40, gt=0, description="Items of the suite used for the check.")
+    restore_best: bool = Field(True, description="On stopping, put back the weights of the last check within "
+                                                 "max_drop (step 0: the untouched base) instead of keeping the "
+                                                 "ones that failed it.")
 
 
 class GuardSpec(_Strict):

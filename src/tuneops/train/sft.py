@@ -90,10 +90,12 @@ def _progress_callback(on_log: Callable[[dict], None] | None, on_step: Callable[
 class StopCheck:
     """A check the caller injects (the train layer never imports eval): called with the model in eval
     mode at step 0 (before training) and every ``every`` optimizer steps; returning a reason string
-    stops training."""
+    stops training. ``restore_best``: the trainable weights are copied (to CPU) at every check that
+    passes, and put back when one stops the run — the result is the last state the check accepted,
+    not the one that failed it (HF's ``load_best_model_at_end``, for an off-domain check)."""
 
-    def __init__(self, every: int, check: Callable[[object, int], str | None]):
-        self.every, self.check = every, check
+    def __init__(self, every: int, check: Callable[[object, int], str | None], *, restore_best: bool = False):
+        self.every, self.check, self.restore_best = every, check, restore_best
 
 
 def _stop_callback(stop: StopCheck, reasons: list[str]):
@@ -110,15 +112,28 @@ def _stop_callback(stop: StopCheck, reasons: list[str]):
             self._run(model, state.global_step, control)
 
         def _run(self, model, step, control):
+            import torch
+
             was = model.training
             model.eval()
             try:
                 why = stop.check(model, step)
             finally:
                 model.train(was)
-            if why:
-                reasons.append(why)
-                control.should_training_stop = True
+            if not why:
+                if stop.restore_best:
+                    self.best = (step, {n: p.detach().to("cpu", copy=True)
+                                        for n, p in model.named_parameters() if p.requires_grad})
+                return
+            best = getattr(self, "best", None)
+            if stop.restore_best and best is not None:
+                params = dict(model.named_parameters())
+                with torch.no_grad():
+                    for n, t in best[1].items():
+                        params[n].copy_(t)
+                why += f"; weights restored to step {best[0]}, the last check within bounds"
+            reasons.append(why)
+            control.should_training_stop = True
 
     return _Stop()
 

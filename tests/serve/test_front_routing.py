@@ -310,3 +310,19 @@ def test_an_alias_switched_off_answers_503_or_the_base_and_on_again_its_target(w
                 "x-tuneops-fallback" not in r.headers
     moves = [m.action for m in store.alias_history("off-bot", "production")]
     assert moves[-2:] == ["disable", "enable"]
+
+
+def test_a_full_fine_tune_is_refused_with_what_to_do_instead(world, server, tiny_model_dir):
+    """An artifact of kind model (method full) is not an adapter: 400 naming the export-and-import route,
+    never the misleading 503 of an adapter whose files 'cannot be loaded'."""
+    from tuneops.release.registry import register_adapter
+
+    store, base, (a0, *_) = world
+    _, url = server
+    full, _ = register_adapter(store, tiny_model_dir, base_id=base.id, method="full", run_id=a0.run_id,
+                               dataset_ids=list(a0.lineage.get("datasets") or []), recipe_hash=None)
+    assert full.kind == "model"
+    r = chat(url, full.id)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert "full fine-tune" in err["message"] and "--format merged" in err["message"]

@@ -323,6 +323,11 @@ class AdapterPool:
         """Another base, or a chat template other than the one this server prompts with: refused, naming
         both; then signature and sunset (registry.check_release). A refused adapter that is resident (it
         was valid once: its key was revoked since, or its sunset passed) is evicted."""
+        if art.kind != "adapter":
+            raise InvalidInput(
+                f"{art.id} is a full fine-tune (kind {art.kind}): this server serves adapters on {self.base.id}",
+                hint=f"export it (`tuneops registry export {art.id} DIR --format merged`), import that folder as a "
+                     "base (`tuneops models import DIR`) and serve it with `tuneops serve --base …`")
         check_base_compatible(self.store, art, self.base, template_sha256=self.template_sha256)
         try:
             check_release(self.store, art)

@@ -124,3 +124,34 @@ def test_a_merged_hot_adapter_matches_peft_for_every_row_and_never_writes_the_ba
         layer.merged = None
     for name, layer in wrapped.items():
         assert torch.equal(layer.base.weight, originals[name]), name
+
+
+def test_gathered_rows_are_reused_only_while_slots_and_weights_stay(tiny_model_dir, lora_dirs):
+    """A mixed batch keeps each layer's gathered A/B across steps with the same slots; a slot refilled with
+    another adapter (evicted, reused) must never be served from the stale gather."""
+    model, _ = load_tiny(tiny_model_dir)
+    ctx = LoRAContext("gather")
+    wrapped = inject_multilora(model, ctx)
+
+    def fill(slot, d):
+        for name, (A, B, scale) in read_lora_adapter(d, wrapped, max_rank=64).modules.items():
+            wrapped[name].ensure(4, A.shape[0])
+            wrapped[name].set_slot(slot, A, B, scale)
+
+    fill(1, lora_dirs[0])
+    fill(2, lora_dirs[1])
+    ids = torch.randint(0, 1000, (2, 5), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ctx.route([1, 2])
+        first = model(input_ids=ids).logits
+        key = ctx.gather_key
+        ctx.route([1, 2])                      # the next step, same rows: same key, gathers reused
+        assert ctx.gather_key == key
+        assert torch.equal(model(input_ids=ids).logits, first)
+        for layer in wrapped.values():         # slot 1 evicted, refilled with adapter c (same slots after)
+            layer.clear_slot(1)
+        fill(1, lora_dirs[2])
+        ctx.route([1, 2])
+        got = model(input_ids=ids).logits
+    assert torch.allclose(got[0], peft_logits(tiny_model_dir, lora_dirs[2], ids[:1])[0], atol=1e-5)
+    assert torch.allclose(got[1], peft_logits(tiny_model_dir, lora_dirs[1], ids[1:])[0], atol=1e-5)

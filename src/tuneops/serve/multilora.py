@@ -11,6 +11,11 @@ caller says which slot every batch row uses (``LoRAContext.route``); the layer c
 either grouped by slot (one pair of matmuls per distinct adapter in the batch, rows gathered) or by
 gathering each row's A/B and running one ``bmm`` (``LoRAContext.mode``). Both are exact: padding a
 rank with zero rows adds exact zeros. Which is faster depends on the batch (benchmarks/serving_engine.py).
+Each layer keeps its gathered rows (A transposed, B times the row's scale) while the batch's slots
+stay the same — most decode steps run the same rows as the step before — and drops them when a slot
+is written: rows x r x (in + out) floats per layer, about 156 MB for 8 rows of r=16 all-linear
+SmolLM2 adapters. A SmolLM2 decode step of 8 rows, 8 distinct adapters against 1 adapter, went from
+0.888x to 0.951x with it (torch 1 thread, median of 6).
 
 Merging a hot adapter (``merge_weights`` then ``LoRAContext.hot_slot``): each layer the hot adapter
 targets computes with a merged copy ``W + scale * B @ A`` instead of ``W``, the hot slot's rows take
@@ -57,6 +62,10 @@ class LoRAContext:
         self.idx: torch.Tensor | None = None                       # [batch] slot per row
         self.use_gather = False
         self.hot_slot = 0         # the slot served from merged weights (0: none); set by the engine
+        # Mixed batches: layers keep their gathered per-row A/B while the rows' slots stay the same (a
+        # decode step is usually the same rows as the one before); the key says which rows they were for.
+        self.gather_key: int = 0
+        self._last_slots: tuple | None = None
         self.unmerge: torch.Tensor | None = None   # rows that subtract the hot delta (when not all)
         self.unmerge_all = False
 
@@ -85,6 +94,9 @@ class LoRAContext:
         self.use_gather = self.mode in ("gather", "auto")
         if self.use_gather:
             self.idx = torch.tensor(slots, dtype=torch.long, device=device)
+            if tuple(slots) != self._last_slots:
+                self._last_slots = tuple(slots)
+                self.gather_key += 1
         else:
             for s in distinct:
                 rows = [i for i, t in enumerate(slots) if t == s]
@@ -110,6 +122,7 @@ class MultiLoRALinear(nn.Module):
         self.ranks: list[int] = []     # per slot: the adapter's rank on this layer (0 = not targeted)
         self.scales: list[float] = []  # per slot, as Python floats for the grouped path
         self.merged: torch.Tensor | None = None   # W + the hot slot's delta, while ctx.hot_slot is merged
+        self._gathered: tuple | None = None       # (ctx.gather_key, A per row transposed, B per row scaled)
 
     # -- storage (engine thread only: a forward reads these) ---------------------------------------------
     def ensure(self, capacity: int, rank: int) -> None:
@@ -128,11 +141,13 @@ class MultiLoRALinear(nn.Module):
             Bt[:cur_cap, :cur_r] = self.Bt
             scale[:cur_cap] = self.scale
         self.A, self.Bt, self.scale = A, Bt, scale
+        self._gathered = None
         self.ranks += [0] * (cap - len(self.ranks))
         self.scales += [0.0] * (cap - len(self.scales))
 
     def set_slot(self, slot: int, A: torch.Tensor, B: torch.Tensor, scale: float) -> None:
         r = A.shape[0]
+        self._gathered = None
         self.A[slot].zero_()
         self.Bt[slot].zero_()
         self.A[slot, :r] = A
@@ -142,6 +157,7 @@ class MultiLoRALinear(nn.Module):
 
     def clear_slot(self, slot: int) -> None:
         if self.A is not None and slot < self.A.shape[0] and self.ranks[slot]:
+            self._gathered = None
             self.A[slot].zero_()
             self.Bt[slot].zero_()
             self.scale[slot] = 0.0
@@ -182,11 +198,13 @@ class MultiLoRALinear(nn.Module):
         if self.A is None or not (ctx.groups or ctx.use_gather):
             return y
         if ctx.use_gather:
-            idx = ctx.idx
+            g = self._gathered
+            if g is None or g[0] != ctx.gather_key:
+                idx = ctx.idx
+                g = self._gathered = (ctx.gather_key, self.A.index_select(0, idx).transpose(1, 2),
+                                      self.Bt.index_select(0, idx) * self.scale.index_select(0, idx)[:, None, None])
             x3 = x.reshape(x.shape[0], -1, x.shape[-1])
-            xa = torch.bmm(x3, self.A.index_select(0, idx).transpose(1, 2))
-            delta = torch.bmm(xa, self.Bt.index_select(0, idx))
-            delta = delta * self.scale.index_select(0, idx)[:, None, None]
+            delta = torch.bmm(torch.bmm(x3, g[1]), g[2])
             return y + delta.reshape(y.shape)
         for slot, rows in ctx.groups:
             r = self.ranks[slot]

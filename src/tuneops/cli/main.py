@@ -769,7 +769,8 @@ def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
                                                     "tuning…) instead of refusing to start (--engine vllm)."),
           dry_run: bool = typer.Option(False, "--dry-run", help="--engine vllm: export what vLLM loads, print its "
                                                                 "command line and exit."),
-          fallback: str = typer.Option("error", "--fallback", help="An adapter whose files fail to verify or load: "
+          fallback: str = typer.Option("error", "--fallback", help="An adapter whose files fail to verify or load, "
+                                                                   "or an alias switched off (`registry disable`): "
                                                                    "'error' answers 503, 'base' answers with the "
                                                                    "bare base and says so in the response."),
           trace_content: bool = typer.Option(False, "--trace-content", help="Keep messages and answers in the "

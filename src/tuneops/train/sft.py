@@ -355,9 +355,39 @@ def finish(trainer, *, method: LoraSpec, out_dir: Path, base_id: str, t0: float,
                        **kw)
 
 
+def score_only_trained_positions() -> bool:
+    """Make TRL's fused LM head score only the positions that have a label, on CPU too.
+
+    TRL 1.16's ``add_fused_lm_head`` projects just the labelled positions through the LM head when Triton
+    runs the kernel (CUDA, XPU), and every position elsewhere: on other accelerators a varying count would
+    change tile shapes and recompile. Eager CPU recompiles nothing, so there TRL ran the LM head (for
+    SmolLM2, 576 x 49,152 multiply-adds a token, forward and backward) over prompt and padding tokens
+    whose loss it then zeroes. The compact path gives the same per-token log-probabilities (each position
+    is scored on its own); tested against the full one. Returns whether the patch is in place (False on
+    a TRL without this code path: nothing is changed then)."""
+    try:
+        import trl.trainer.utils as trl_utils
+    except ImportError:  # pragma: no cover
+        return False
+    current = getattr(trl_utils, "_use_triton", None)
+    if current is None:
+        return False
+    if getattr(current, "_tuneops_compact_cpu", False):
+        return True
+
+    def compact(device, _original=current) -> bool:
+        return device.type == "cpu" or _original(device)
+
+    compact._tuneops_compact_cpu = True
+    trl_utils._use_triton = compact
+    return True
+
+
 def _sft_trainer_class():
     import torch
     from trl import SFTTrainer
+
+    score_only_trained_positions()
 
     class TuneopsSFTTrainer(SFTTrainer):
         """SFTTrainer plus an optional KL-to-reference term (a forgetting control) and a token count."""

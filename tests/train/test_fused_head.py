@@ -21,8 +21,9 @@ def test_cpu_fused_head_scores_only_trained_positions(tiny_model_dir, monkeypatc
 
     from tuneops.train import sft
 
-    original = trl_utils._use_triton
-    monkeypatch.setattr(trl_utils, "_use_triton", original)   # undone after the test
+    # TRL's own decision (an earlier training in this process may have patched it already); undone after the test
+    original = getattr(trl_utils._use_triton, "_tuneops_original", trl_utils._use_triton)
+    monkeypatch.setattr(trl_utils, "_use_triton", original)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     full, compact = copy.deepcopy(base), copy.deepcopy(base)
     add_fused_lm_head(full)

@@ -379,6 +379,7 @@ def score_only_trained_positions() -> bool:
         return device.type == "cpu" or _original(device)
 
     compact._tuneops_compact_cpu = True
+    compact._tuneops_original = current
     trl_utils._use_triton = compact
     return True
 

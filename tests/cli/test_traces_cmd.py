@@ -30,13 +30,14 @@ def traced(tmp_path_factory, tiny_model_dir):
     return SimpleNamespace(home=home, env=env, via_alias=via_alias, bare=bare, refused=refused)
 
 
-def run(home, *args, **kw):
-    """The traces commands mounted on a bare app (main.py mounts them on `tuneops`)."""
+def run(home, *args, columns: int = 400, **kw):
+    """The traces commands mounted on a bare app (main.py mounts them on `tuneops`), ``columns`` wide."""
     from tuneops.cli import traces_cmd
 
     app = typer.Typer()
     traces_cmd.register(app)
-    res = CliRunner().invoke(app, [str(a) for a in args], env={"TUNEOPS_HOME": str(home), "COLUMNS": "400"}, **kw)
+    res = CliRunner().invoke(app, [str(a) for a in args], env={"TUNEOPS_HOME": str(home), "COLUMNS": str(columns)},
+                             **kw)
     return res
 
 
@@ -61,7 +62,7 @@ def test_list_filters_and_json(traced):
     assert [r["id"] for r in json.loads(run(traced.home, "traces", "list", "--errors", "--json").output)] \
         == [traced.refused.id]
 
-    table = run(traced.home, "traces", "list")
+    table = run(traced.home, "traces", "list", columns=80)
     # The table fits an 80-column terminal (long cells fold); --json above carries every field.
     assert table.exit_code == 0 and traced.via_alias.id in table.output and "404" in table.output
     assert all(len(line) <= 80 for line in table.output.splitlines())

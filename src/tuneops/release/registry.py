@@ -61,6 +61,10 @@ class AliasDisabled(StateError):
     error_code = "alias_disabled"
     headers = {"x-should-retry": "false"}   # an operator switched it off: retrying will not help
 
+    def __init__(self, message: str, *, alias: str, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.alias = alias   # name@stage
+
 
 @lru_cache(maxsize=1)
 def code_version() -> str:
@@ -651,7 +655,7 @@ def resolve_alias(store: Store, alias: str, *, serving: bool = False) -> Artifac
             raise NotFound(f"alias {name}@{stage} does not exist", hint="see `tuneops registry list`")
         artifact_id, disabled = rec.artifact_id, rec.disabled_reason
     if serving and disabled is not None:
-        raise AliasDisabled(f"{name}@{stage} is switched off: {disabled}",
+        raise AliasDisabled(f"{name}@{stage} is switched off: {disabled}", alias=f"{name}@{stage}",
                             hint=f"`tuneops registry enable {name}@{stage} --reason …` switches it back on")
     return store.get_artifact(artifact_id)
 

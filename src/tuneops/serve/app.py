@@ -53,7 +53,7 @@ from tuneops.errors import IntegrityError, InvalidInput, NotFound, TuneopsError
 from tuneops.eval.generate import encode_chat
 from tuneops.models.base import base_dir, load_base
 from tuneops.release.registry import (
-    ALIAS_RE, AliasDisabled, aliases, artifact_dir, check_release, deprecation_status, parse_alias, resolve_alias,
+    ALIAS_RE, AliasDisabled, aliases, artifact_dir, check_release, deprecation_status, resolve_alias,
 )
 from tuneops.release.lineage import check_base_compatible
 from tuneops.release.routing import CanaryMonitor, RouteCache, choose_target, should_shadow
@@ -839,8 +839,7 @@ def create_app(store: Store, base_id: str, *, api_key: str | None = None, max_bo
         except AliasDisabled as e:  # switched off by an operator: the base answers, or 503 alias_disabled
             if fallback != "base":
                 raise
-            name, stage = parse_alias(target.ref)
-            artifact, alias = None, f"{name}@{stage}"
+            artifact, alias = None, e.alias
             log.warning("serving the base for %s: %s", alias, e.message)
             fell_back = {"to": "base", "artifact": None, "reason": e.message}
         alias = target.alias or alias

@@ -46,7 +46,7 @@ import logging
 import secrets
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -835,9 +835,7 @@ class BatchEngine:
         window = self._recent
         if len(window) < window.maxlen:
             return
-        counts: dict = {}
-        for key in window:
-            counts[key] = counts.get(key, 0) + 1
+        counts = Counter(window)
         if self._hot is not None:
             share = counts.get(self._hot.key, 0) / len(window)
             if share < self.merge_hot_share - 0.3:

@@ -17,7 +17,7 @@ is written: rows x r x (in + out) floats per layer, about 156 MB for 8 rows of r
 SmolLM2 adapters. A SmolLM2 decode step of 8 rows, 8 distinct adapters against 1 adapter, went from
 0.888x to 0.951x with it (torch 1 thread, median of 6).
 
-Merging a hot adapter (``merge_weights`` then ``LoRAContext.hot_slot``): each layer the hot adapter
+Merging a hot adapter (``merge_weight`` then ``LoRAContext.hot_slot``): each layer the hot adapter
 targets computes with a merged copy ``W + scale * B @ A`` instead of ``W``, the hot slot's rows take
 no LoRA step at all, and every other row subtracts the hot delta again (one more low-rank product for
 those rows only). A batch of only hot rows then costs what the bare base costs. The base weights are
@@ -179,6 +179,13 @@ class MultiLoRALinear(nn.Module):
         return torch.add(self.base.weight.detach(), delta, alpha=self.scales[slot])
 
     # -- forward -------------------------------------------------------------------------------------
+    def _low_rank(self, x: torch.Tensor, slot: int, rows: torch.Tensor | None) -> torch.Tensor:
+        """``scale * (x @ A.T) @ B`` of one slot, for every row of ``x`` or only ``rows``."""
+        r = self.ranks[slot]
+        if rows is not None:
+            x = x.index_select(0, rows)
+        return (x @ self.A[slot, :r].t() @ self.Bt[slot, :r]) * self.scales[slot]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ctx = self.ctx
         merged = self.merged if ctx.hot_slot else None
@@ -186,15 +193,10 @@ class MultiLoRALinear(nn.Module):
             y = self.base(x)
         else:
             y = nn.functional.linear(x, merged, self.base.bias)
-            if ctx.unmerge_all or ctx.unmerge is not None:
-                h = ctx.hot_slot
-                r = self.ranks[h]
-                if ctx.unmerge_all:
-                    y = y - (x @ self.A[h, :r].t() @ self.Bt[h, :r]) * self.scales[h]
-                else:
-                    rows = ctx.unmerge
-                    delta = (x.index_select(0, rows) @ self.A[h, :r].t() @ self.Bt[h, :r]) * self.scales[h]
-                    y = y.index_add(0, rows, delta, alpha=-1)
+            if ctx.unmerge_all:
+                y = y - self._low_rank(x, ctx.hot_slot, None)
+            elif ctx.unmerge is not None:
+                y = y.index_add(0, ctx.unmerge, self._low_rank(x, ctx.hot_slot, ctx.unmerge), alpha=-1)
         if self.A is None or not (ctx.groups or ctx.use_gather):
             return y
         if ctx.use_gather:
@@ -207,14 +209,10 @@ class MultiLoRALinear(nn.Module):
             delta = torch.bmm(torch.bmm(x3, g[1]), g[2])
             return y + delta.reshape(y.shape)
         for slot, rows in ctx.groups:
-            r = self.ranks[slot]
-            if r == 0:
+            if self.ranks[slot] == 0:
                 continue
-            if rows is None:
-                y = y + (x @ self.A[slot, :r].t() @ self.Bt[slot, :r]) * self.scales[slot]
-            else:
-                delta = (x.index_select(0, rows) @ self.A[slot, :r].t() @ self.Bt[slot, :r]) * self.scales[slot]
-                y = y.index_add(0, rows, delta)
+            delta = self._low_rank(x, slot, rows)
+            y = y + delta if rows is None else y.index_add(0, rows, delta)
         return y
 
 

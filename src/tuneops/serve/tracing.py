@@ -508,7 +508,7 @@ def prune_traces(store: "Store", *, older_than: str | datetime | timedelta | Non
     or with ``content_only`` keep their metadata and drop their content and PII counts. Needs at least one of
     ``older_than`` and ``tenant``. One transaction, audited (``traces.prune``, the count and the filter);
     returns how many traces it changed (or would change, with ``dry_run``)."""
-    from sqlalchemy import delete, func, select, update
+    from sqlalchemy import delete, func, null, select, update
 
     from tuneops.store.schema_traces import TraceRecord
 
@@ -529,8 +529,6 @@ def prune_traces(store: "Store", *, older_than: str | datetime | timedelta | Non
             return n
         if content_only:
             # JSON columns: SQLAlchemy's JSON type would store Python None as JSON 'null'; null() is SQL NULL
-            from sqlalchemy import null
-
             s.execute(update(TraceRecord).where(*cond).values(content=null(), pii=null()))
         else:
             s.execute(delete(TraceRecord).where(*cond))

@@ -102,6 +102,8 @@ def _stop_callback(stop: StopCheck, reasons: list[str]):
     from transformers import TrainerCallback
 
     class _Stop(TrainerCallback):
+        best: tuple[int, dict] | None = None   # (step, trainable weights) of the last check that passed
+
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             if model is not None:  # step 0: the check measures where training starts from
                 self._run(model, 0, control)
@@ -125,7 +127,7 @@ def _stop_callback(stop: StopCheck, reasons: list[str]):
                     self.best = (step, {n: p.detach().to("cpu", copy=True)
                                         for n, p in model.named_parameters() if p.requires_grad})
                 return
-            best = getattr(self, "best", None)
+            best = self.best
             if stop.restore_best and best is not None:
                 params = dict(model.named_parameters())
                 with torch.no_grad():
@@ -213,6 +215,7 @@ def run_training(trainer, hooks: RunHooks) -> None:
     """``trainer.train()`` for every objective: under the run control (resume, guards, graceful stop)
     when there is one."""
     _seeded_length_grouping(trainer)
+    score_only_trained_positions()
     if hooks.control is None:
         trainer.train()
         return
@@ -387,8 +390,6 @@ def score_only_trained_positions() -> bool:
 def _sft_trainer_class():
     import torch
     from trl import SFTTrainer
-
-    score_only_trained_positions()
 
     class TuneopsSFTTrainer(SFTTrainer):
         """SFTTrainer plus an optional KL-to-reference term (a forgetting control) and a token count."""

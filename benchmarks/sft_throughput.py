@@ -1,6 +1,6 @@
 """tuneops SFT against a plain TRL SFTTrainer + PEFT script with default settings, side by side.
 
-    .venv/bin/python benchmarks/sft_throughput.py [--rows 160] [--steps 12] [--repeats 1]
+    .venv/bin/python benchmarks/sft_throughput.py [--rows 160] [--steps 12] [--seeds 0 1 2]
 
 Same data (the bundled task's training rows, chat form), same model (SmolLM2-135M-Instruct), same
 LoRA (r 16, all-linear), batch size, learning rate and number of steps, on this CPU. The baseline is
@@ -10,6 +10,10 @@ batches, no length grouping) with bf16 and checkpointing off for CPU. tuneops to
 after the other (never both at once); tokens/s counts the tokens the model processed (padding
 excluded for both), so the ratio is the speed-up on the same work. The final eval loss of both
 adapters is measured by one function on the same held-out rows, with the tuneops mask.
+
+``--seeds`` runs both sides once per seed (data order, LoRA init and dropout follow it on both
+sides). The final eval loss moves with the data order, so the loss comparison is of the means over
+seeds, next to the baseline's own seed-to-seed spread; tokens/s is the median over every run.
 
 Writes benchmarks/results/sft_throughput.json.
 """
@@ -57,7 +61,7 @@ def run_baseline(args) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     train, _ = data(args.rows)
     path = base_dir()
     tok = AutoTokenizer.from_pretrained(path)
@@ -70,7 +74,7 @@ def run_baseline(args) -> dict:
 
     cfg = SFTConfig(output_dir=str(WORK / "trl-out"), max_steps=args.steps, per_device_train_batch_size=args.batch,
                     learning_rate=2e-4, logging_steps=1, save_strategy="no", report_to="none", bf16=False,
-                    gradient_checkpointing=False, use_cpu=True, disable_tqdm=True, seed=0)
+                    gradient_checkpointing=False, use_cpu=True, disable_tqdm=True, seed=args.seed)
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok,
                          peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
                                                 task_type="CAUSAL_LM"), callbacks=[Count()])
@@ -100,7 +104,7 @@ def run_tuneops(args) -> dict:
     out = WORK / "tuneops-adapter"
     r = train(base_dir(), train_rows, method=LoraSpec(r=16, alpha=32, dropout=0.05),
               spec=TrainSpec(max_steps=args.steps, batch_size=args.batch, learning_rate=2e-4, warmup_ratio=0.0,
-                             padding_free=False if args.padded else None),  # None: the default (CPU: padded)
+                             seed=args.seed, padding_free=False if args.padded else None),  # None: the default (CPU: padded)
               out_dir=out, base_id="base-bench")
     return {"seconds": r.train_seconds, "tokens": r.tokens, "adapter": str(out)}
 
@@ -142,7 +146,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=160)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)  # the child's one seed
     ap.add_argument("--child", choices=["baseline", "tuneops"])
     ap.add_argument("--padded", action="store_true", help="tuneops with padded, length-grouped batches")
     args = ap.parse_args()
@@ -151,27 +156,39 @@ def main() -> None:
         return
     base_dir()
     runs: dict[str, list[dict]] = {"baseline": [], "tuneops": []}
-    for _ in range(args.repeats):
+    for seed in args.seeds:
         for which in ("baseline", "tuneops"):  # one at a time, alternating
             out = subprocess.run([sys.executable, __file__, "--child", which, "--rows", str(args.rows), "--steps",
-                                  str(args.steps), "--batch", str(args.batch)], capture_output=True, text=True)
+                                  str(args.steps), "--batch", str(args.batch), "--seed", str(seed)],
+                                 capture_output=True, text=True)
             line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
             if out.returncode or not line:
                 sys.exit(f"{which} failed:\n{out.stderr[-4000:]}")
             res = json.loads(line[-1][7:])
             res["tokens_per_s"] = res["tokens"] / res["seconds"]
+            res["seed"] = seed
             runs[which].append(res)
             print(which, {k: v for k, v in res.items() if k != "adapter"}, flush=True)
     b = statistics.median(r["tokens_per_s"] for r in runs["baseline"])
     t = statistics.median(r["tokens_per_s"] for r in runs["tuneops"])
-    bl = statistics.median(r["eval_loss"] for r in runs["baseline"])
-    tl = statistics.median(r["eval_loss"] for r in runs["tuneops"])
+    bls = [r["eval_loss"] for r in runs["baseline"]]
+    tls = [r["eval_loss"] for r in runs["tuneops"]]
+    bl, tl = statistics.mean(bls), statistics.mean(tls)
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
     result = {
         "baseline_tokens_per_s": round(b, 1), "tuneops_tokens_per_s": round(t, 1), "speedup": round(t / b, 3),
         "baseline_eval_loss": round(bl, 4), "tuneops_eval_loss": round(tl, 4),
         "eval_loss_rel_diff": round(abs(tl - bl) / bl, 4),
+        "seeds": args.seeds,
+        "baseline_eval_loss_per_seed": [round(x, 5) for x in bls],
+        "tuneops_eval_loss_per_seed": [round(x, 5) for x in tls],
+        # the plain TRL script against itself: how far apart two seeds of the same script land
+        "baseline_seed_spread_rel": round((max(bls) - min(bls)) / bl, 4),
+        "tuneops_seed_spread_rel": round((max(tls) - min(tls)) / tl, 4),
+        "eval_loss_rel_diff_per_seed": [round(abs(t_ - b_) / b_, 4) for b_, t_ in zip(bls, tls)],
+        "baseline_tokens_per_s_per_run": [round(r["tokens_per_s"], 1) for r in runs["baseline"]],
+        "tuneops_tokens_per_s_per_run": [round(r["tokens_per_s"], 1) for r in runs["tuneops"]],
         "baseline_seconds": [round(r["seconds"], 1) for r in runs["baseline"]],
         "tuneops_seconds": [round(r["seconds"], 1) for r in runs["tuneops"]],
         "baseline_tokens": runs["baseline"][0]["tokens"], "tuneops_tokens": runs["tuneops"][0]["tokens"],

@@ -149,6 +149,7 @@ class TrainingPlan:
     replay_dataset: str | None = None
     teacher_path: Path | None = None
     teacher_adapter: Path | None = None
+    teacher_tokenizer: Path | None = None  # the teacher base's directory, when teacher_path holds weights only
     teacher: dict | None = None  # {"ref", "artifact", "base"}: recorded in the artifact's lineage
     reward_model: str | None = None  # a reward-model artifact id (grpo / rloo), recorded likewise
     reward_fn: Callable | None = None
@@ -169,7 +170,7 @@ def _same_tokenizer(a: Path, b: Path) -> bool:
 def plan_training(store: Store, recipe: Recipe, base) -> TrainingPlan:
     """Method, objective and forgetting controls checked against what exists: bitsandbytes for qlora,
     the replay set, the chat-template override, the reward function, the teacher (same tokenizer)."""
-    from tuneops.train.methods import check_method_supported
+    from tuneops.train.methods import check_method_supported, check_optimizer_supported
     from tuneops.train.template import apply_template_override
 
     src = recipe.source
@@ -179,6 +180,10 @@ def plan_training(store: Store, recipe: Recipe, base) -> TrainingPlan:
         check_method_supported(recipe.method)
     except TuneopsError as e:
         raise _named(recipe, "method.kind", e) from None
+    try:
+        check_optimizer_supported(recipe.train.optimizer)
+    except TuneopsError as e:
+        raise _named(recipe, "train.optimizer", e) from None
     if recipe.launcher is not None:
         from tuneops.train.launch import check_launcher
 
@@ -213,6 +218,11 @@ def plan_training(store: Store, recipe: Recipe, base) -> TrainingPlan:
                 reward_art = store.get_artifact(obj.reward)
             except TuneopsError as e:
                 raise _named(recipe, "objective.reward", e) from None
+            trained_as = (reward_art.lineage or {}).get("objective")
+            if trained_as != "reward":
+                raise InvalidInput(f"{src}: objective.reward: {reward_art.id} is not a reward model (trained with "
+                                   f"objective.kind {trained_as or 'unknown'})",
+                                   hint="train one with objective.kind: reward on preference pairs, and name its id")
             plan.reward_fn = reward_model_fn(store, reward_art)
             plan.reward_model = reward_art.id
         else:
@@ -233,15 +243,20 @@ def plan_training(store: Store, recipe: Recipe, base) -> TrainingPlan:
                 art = store.get_artifact(teacher_ref) if teacher_ref.startswith("ad-") else resolve_alias(store,
                                                                                                          teacher_ref)
                 teacher_base = store.get_base(art.base_id)
-                plan.teacher_adapter = artifact_dir(store, art)
+                if art.kind == "model":  # a full fine-tune: its own weights, on its base's tokenizer
+                    plan.teacher_path = artifact_dir(store, art)
+                    plan.teacher_tokenizer = base_dir(store, teacher_base)
+                else:  # an adapter on its base
+                    plan.teacher_adapter = artifact_dir(store, art)
                 plan.teacher = {"ref": teacher_ref, "artifact": art.id, "base": teacher_base.id}
             else:
                 teacher_base = resolve_base(store, teacher_ref)
                 plan.teacher = {"ref": teacher_ref, "artifact": None, "base": teacher_base.id}
         except TuneopsError as e:
             raise _named(recipe, "objective.teacher", e) from None
-        plan.teacher_path = base_dir(store, teacher_base)
-        if obj.mode == "logits" and not _same_tokenizer(plan.teacher_path, base_dir(store, base)):
+        if plan.teacher_path is None:
+            plan.teacher_path = base_dir(store, teacher_base)
+        if obj.mode == "logits" and not _same_tokenizer(base_dir(store, teacher_base), base_dir(store, base)):
             raise InvalidInput(f"{src}: objective.teacher: {teacher_ref} does not share the student's tokenizer, so "
                                "their next-token distributions cannot be compared (logit distillation)",
                                hint="pick a teacher with the same tokenizer, or objective.mode: responses")
@@ -261,9 +276,15 @@ def reward_model_fn(store: Store, artifact: ArtifactRecord) -> Callable:
     def reward(prompts, completions, **_):
         if not state:
             tok = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+            if artifact.kind == "model":  # a fully fine-tuned reward model: its own weights and score head
+                model = AutoModelForSequenceClassification.from_pretrained(artifact_dir(store, artifact),
+                                                                           num_labels=1, dtype=torch.float32)
+            else:
+                model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
             model.config.pad_token_id = tok.pad_token_id or tok.eos_token_id
-            state["model"] = PeftModel.from_pretrained(model, artifact_dir(store, artifact)).eval()
+            if artifact.kind != "model":
+                model = PeftModel.from_pretrained(model, artifact_dir(store, artifact))
+            state["model"] = model.eval()
             state["tok"] = tok
         tok, model = state["tok"], state["model"]
         texts = []
@@ -876,7 +897,7 @@ def _execute(store: Store, recipe: Recipe, run_id: str, work: Path, outcome: Run
                   base_id=base.id, eval_rows=eval_rows, replay_rows=plan.replay_rows,
                   chat_template=recipe.train.chat_template, template_dir=plan.template_dir,
                   on_preflight=on_preflight, on_log=on_log, on_step=on_step, teacher_path=plan.teacher_path,
-                  teacher_adapter=plan.teacher_adapter)
+                  teacher_adapter=plan.teacher_adapter, teacher_tokenizer=plan.teacher_tokenizer)
     if recipe.launcher is not None:
         from tuneops.train.launch import train_distributed
 
@@ -1050,7 +1071,7 @@ def dry_run(store: Store, recipe: Recipe, *, probe_steps: int = 0) -> dict:
             result = train(base_dir(store, base), sample, method=recipe.method, spec=probe_spec, objective=obj,
                            out_dir=tmp / "adapter", base_id=base.id, chat_template=recipe.train.chat_template,
                            template_dir=plan.template_dir, reward_fn=plan.reward_fn, teacher_path=plan.teacher_path,
-                           teacher_adapter=plan.teacher_adapter)
+                           teacher_adapter=plan.teacher_adapter, teacher_tokenizer=plan.teacher_tokenizer)
             estimate = {"tokens_per_s": result.tokens_per_s, "seconds_per_step": round(
                 result.train_seconds / max(1, result.steps), 2), "from": f"a {result.steps}-step probe now"}
         finally:

@@ -84,7 +84,28 @@ def test_validate_refuses_impossible_combinations_before_a_model_loads(tmp_path,
                    "reward.yaml: objective.reward: nosuchmodule:fn: no module named 'nosuchmodule'"),
         "full_r": ({"method": {"kind": "full", "r": 8}}, "`r` applies to method.kind lora / dora / qlora"),
         "template": ({"train": {"chat_template": "missing.jinja"}}, "no such template file"),
+        "optimizer": ({"train": {"optimizer": "adamw_troch"}},
+                      "unknown optimizer 'adamw_troch' (did you mean adamw_torch"),
+        "loss_type": ({"objective": {"kind": "dpo", "loss_type": "sigmod"}},
+                      "loss_type 'sigmod' is not a DPO loss tuneops can run"),
+        "teacher": ({"objective": {"kind": "distill", "teacher": "other"}},
+                    "objective.teacher: other does not share the student's tokenizer"),
     }
+    import torch
+
+    if not torch.cuda.is_available():  # a paged optimizer needs CUDA: refused here, before a model loads
+        cases["paged"] = ({"train": {"optimizer": "paged_adamw_8bit"}},
+                          "train.optimizer: paged_adamw_8bit is a paged optimizer, which needs CUDA")
+    # a teacher on another tokenizer (one token more): refused at validation for logit distillation
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.add_tokens(["<tuneops-extra-token>"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.resize_token_embeddings(len(tok))
+    model.save_pretrained(tmp_path / "other")
+    tok.save_pretrained(tmp_path / "other")
+    tuneops(home, "models", "import", tmp_path / "other", "--name", "other")
     for name, (extra, msg) in cases.items():
         spec = {"name": "v", "base": base, "data": {"train": "t", "eval": "e"},
                 "eval": {"suites": [{"use": "forgetting", "per_tag": 1}]}}

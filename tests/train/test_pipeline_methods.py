@@ -79,3 +79,97 @@ def test_dora_with_replay_and_early_stopping(tiny_env, monkeypatch):
     step1, step2 = calls[1], calls[2]
     assert all(torch.equal(saved[k], step1[k]) for k in saved)
     assert any(not torch.equal(saved[k], step2[k]) for k in saved)   # step 2 had moved on
+
+
+def _quick(base_id: str, **overrides):
+    spec = dict(target=None, gates=[], eval={"suites": [{"use": "forgetting", "per_tag": 1}], "max_new_tokens": 4,
+                                             "batch_size": 8},
+                train={"max_steps": 2, "batch_size": 4, "learning_rate": 1e-2, "warmup_ratio": 0.0, "threads": 2})
+    return tiny_recipe(base_id, **(spec | overrides))
+
+
+def test_rlhf_and_distillation_from_registered_artifacts(tiny_env):
+    """The learned-reward path and artifact teachers, through run_recipe: a reward model trained on preference
+    pairs scores GRPO's completions (`objective.reward: ad-…`); an adapter artifact and a full fine-tune artifact
+    each teach a student (`objective.teacher: ad-…`); the lineage names each. An SFT adapter is refused as a
+    reward model before anything loads."""
+    import pytest
+
+    import tuneops.pipeline as pipeline
+    from tuneops.data.ingest import ingest_rows
+    from tuneops.errors import InvalidInput
+
+    store, base = tiny_env
+    pairs = [{"prompt": [{"role": "user", "content": f"Is {w} a colour?"}],
+              "chosen": [{"role": "assistant", "content": f"Yes, {w} is a colour."}],
+              "rejected": [{"role": "assistant", "content": f"No, {w} is a number."}]}
+             for w in ["red", "blue", "green", "pink", "grey", "gold", "teal", "navy"]]
+    pairs = [p | {"license": "MIT", "source": "tests"} for p in pairs]
+    ingest_rows(store, pairs, name="tiny-pairs", kind="preference")
+    rm = run_recipe(store, _quick(base.id, objective={"kind": "reward"}, data={"train": "tiny-pairs",
+                                                                              "eval": "tiny-eval"})).artifact
+    assert rm.lineage["objective"] == "reward"
+
+    scored = []
+    real = pipeline.reward_model_fn
+
+    def spy(store_, art):
+        fn = real(store_, art)
+
+        def reward(prompts, completions, **kw):
+            out = fn(prompts, completions, **kw)
+            scored.append(out)
+            return out
+        return reward
+
+    pipeline.reward_model_fn = spy
+    try:
+        grpo = run_recipe(store, _quick(base.id, objective={"kind": "grpo", "reward": rm.id, "num_generations": 2,
+                                                            "max_completion_length": 4}))
+    finally:
+        pipeline.reward_model_fn = real
+    assert grpo.run.state == "succeeded" and grpo.artifact.lineage["objective"] == "grpo"
+    # every completion was scored by the reward model: real-valued scores, not a verifier's 0/1
+    assert scored and all(len(batch) == 4 for batch in scored)
+    assert len({round(x, 6) for batch in scored for x in batch}) > 2
+    ev = store.run_events(grpo.run.id, "artifact")[-1].payload
+    assert all(e.get("reward") is not None for e in ev.get("losses", [])) or ev["steps"] == 2
+
+    with pytest.raises(InvalidInput, match=r"objective\.reward: .* is not a reward model \(trained with objective"
+                                           r"\.kind grpo\)"):
+        run_recipe(store, _quick(base.id, objective={"kind": "grpo", "reward": grpo.artifact.id,
+                                                     "num_generations": 2}))
+
+    full = run_recipe(store, _quick(base.id, method={"kind": "full"},
+                                    train={"max_steps": 2, "batch_size": 4, "learning_rate": 1e-3,
+                                           "warmup_ratio": 0.0, "threads": 2})).artifact
+    assert full.kind == "model"
+    # (logit mode: a random tiny model's greedy replies are often empty, which response mode rightly refuses)
+    loaded = []
+    import tuneops.train.distill as distill
+
+    real_load = distill.load_teacher
+
+    def spy_load(**kw):
+        model, tok = real_load(**kw)
+        loaded.append((kw, model, tok))
+        return model, tok
+
+    distill.load_teacher = spy_load
+    try:
+        for teacher in (grpo.artifact, full):
+            out = run_recipe(store, _quick(base.id, objective={"kind": "distill", "teacher": teacher.id}))
+            assert out.run.state == "succeeded", teacher.kind
+            assert out.artifact.lineage["teacher"] == {"ref": teacher.id, "artifact": teacher.id, "base": base.id}
+    finally:
+        distill.load_teacher = real_load
+    (adapter_kw, _, _), (full_kw, full_model, full_tok) = loaded
+    assert adapter_kw["teacher_adapter"] is not None and full_kw["teacher_adapter"] is None
+    assert full_tok is not None  # a full fine-tune's folder holds weights only: the tokenizer is its base's
+    from tuneops.release.registry import artifact_dir
+    from safetensors.torch import load_file
+    import torch
+
+    saved = load_file(str(artifact_dir(store, full) / "model.safetensors"))
+    name = next(k for k in saved if k.endswith("layers.0.mlp.down_proj.weight"))
+    assert torch.equal(full_model.state_dict()[name], saved[name])  # the teacher is the fine-tuned model

@@ -112,6 +112,15 @@ def test_rloo_raises_the_reward_and_reloads_identically(tiny_model_dir, tmp_path
     result = run("rloo", tiny_model_dir, tmp_path, in_set, seen)
     check_learned_and_reloads(result, tiny_model_dir, in_set, min_gain=0.05, min_expected_gain=0.02)
     assert result.extra["objective"] == "rloo"
+    # golden: pinned like GRPO's below (RLOO's leave-one-out baseline moves the grad norms, not the rewards' form)
+    got = [(e["reward"], e["grad_norm"]) for e in result.losses[:4]]
+    for (reward, grad), (want_reward, want_grad) in zip(got, GOLDEN_RLOO, strict=True):
+        assert reward == pytest.approx(want_reward, rel=1e-3), got
+        assert grad == pytest.approx(want_grad, rel=1e-3), got
+
+
+# (reward, grad_norm) of steps 1..4, same versions as GOLDEN_GRPO
+GOLDEN_RLOO = [(0.5, 2.45472), (0.515625, 2.82238), (0.453125, 3.58503), (0.46875, 2.31447)]
 
 
 def test_grpo_golden_rewards(grpo):

@@ -70,6 +70,8 @@ def run(job: dict) -> None:
         inputs["teacher_path"] = Path(job["teacher_path"])
     if job.get("teacher_adapter"):
         inputs["teacher_adapter"] = Path(job["teacher_adapter"])
+    if job.get("teacher_tokenizer"):
+        inputs["teacher_tokenizer"] = Path(job["teacher_tokenizer"])
     if objective.kind in ("grpo", "rloo") and objective.reward:
         from tuneops.train.rewards import load_reward
 

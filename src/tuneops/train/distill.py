@@ -49,6 +49,8 @@ def load_teacher(*, teacher_path: Path | None = None, teacher_adapter: Path | No
 
             # merged: one plain forward per batch, and a teacher never trains
             teacher_model = PeftModel.from_pretrained(teacher_model, teacher_adapter).merge_and_unload()
+        if isinstance(teacher_tokenizer, (str, Path)):  # the teacher's base, for a weights-only directory
+            teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_tokenizer)
         if teacher_tokenizer is None:
             try:
                 teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_path)

@@ -291,6 +291,7 @@ def train_distributed(base_path: Path, rows: list[dict], *, launcher: LauncherSp
                       work_dir: Path, eval_rows: list[dict] | None = None, replay_rows: list[dict] | None = None,
                       chat_template: str | None = None, template_dir: Path | None = None,
                       teacher_path: Path | None = None, teacher_adapter: Path | None = None,
+                      teacher_tokenizer: Path | None = None,
                       on_preflight: Callable[[dict, str], None] | None = None,
                       on_log: Callable[[dict], None] | None = None,
                       on_step: Callable[[int, int], None] | None = None,
@@ -340,6 +341,7 @@ def train_distributed(base_path: Path, rows: list[dict], *, launcher: LauncherSp
         "chat_template": chat_template, "template_dir": str(template_dir) if template_dir else None,
         "teacher_path": str(teacher_path) if teacher_path else None,
         "teacher_adapter": str(teacher_adapter) if teacher_adapter else None,
+        "teacher_tokenizer": str(teacher_tokenizer) if teacher_tokenizer else None,
         "metrics": str(metrics_path.resolve()), "result": str(result_path.resolve()),
         "distributed_type": distributed_type, "strategy": launcher.strategy,
     }

@@ -33,6 +33,24 @@ def check_method_supported(method: LoraSpec) -> None:
                                hint="pip install 'tuneops[qlora]' (bitsandbytes runs 4-bit NF4 on CPU too)") from None
 
 
+def check_optimizer_supported(optimizer: str) -> None:
+    """Refuse, before a model loads, an optimizer this machine cannot run: paged optimizers page their
+    state between GPU and host memory through CUDA unified memory, and bitsandbytes' 8-bit ones need it."""
+    import torch
+
+    needs_bnb = optimizer.startswith("paged_") or "bnb" in optimizer or optimizer in {
+        "adamw_8bit", "ademamix", "ademamix_8bit", "lion_8bit", "lion_32bit"}
+    if optimizer.startswith("paged_") and not torch.cuda.is_available():
+        raise InvalidInput(f"{optimizer} is a paged optimizer, which needs CUDA (none on this machine)",
+                           hint="use adamw_torch here; keep the paged optimizer for a GPU machine")
+    if needs_bnb:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise InvalidInput(f"{optimizer} runs on bitsandbytes, which is not installed",
+                               hint="pip install 'tuneops[qlora]', or use adamw_torch") from None
+
+
 def load_model(base_path: Path, method: LoraSpec, *, num_labels: int | None = None):
     """The base as the method needs it: float32, or 4-bit NF4 (double-quantised) for qlora. With
     ``num_labels`` it loads with a (new, seeded) sequence-classification head instead of the LM head:

@@ -44,10 +44,6 @@ _METRICS = {
     "nll_loss": "nll_loss",  # ORPO / CPO: the SFT term on the chosen replies
     "log_odds_ratio": "log_odds_ratio",  # ORPO
 }
-# TRL 1.16's DPO losses (DPOConfig.loss_type). It accepts any string and fails only at the first step, so
-# tuneops checks first. exo_pair is left out: it needs label smoothing, which a recipe does not set.
-DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
-                  "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
 FINAL_WINDOW = 5  # "final" figures average up to this many last steps (a quarter of a short run): one batch is noisy
 
 
@@ -68,9 +64,6 @@ def train_preference(base_path: Path, rows: list[dict], *, method: LoraSpec, spe
                            "preference pairs and has no place for them",
                            hint="remove train.replay (forgetting controls for preference runs: a low method.r, "
                                 "a higher objective.beta, or train.early_stopping)")
-    if kind == "dpo" and objective.loss_type not in DPO_LOSS_TYPES:
-        raise InvalidInput(f"objective.loss_type {objective.loss_type!r} is not a DPO loss tuneops can run",
-                           hint=f"use one of {', '.join(DPO_LOSS_TYPES)} (sigmoid is the DPO paper's loss)")
     if kind in ("orpo", "cpo", "simpo") and method.kind == "prompt":
         raise InvalidInput(f"method.kind prompt does not work with objective.kind {kind}: TRL's {kind.upper()} "
                            "trainer scores the replies without the virtual tokens prompt tuning prepends",

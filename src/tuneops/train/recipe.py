@@ -131,6 +131,10 @@ MethodSpec = LoraSpec
 
 OBJECTIVE_KINDS = ("sft", "dpo", "ipo", "orpo", "kto", "simpo", "cpo", "reward", "grpo", "rloo", "distill")
 PREFERENCE_KINDS = ("dpo", "ipo", "orpo", "kto", "simpo", "cpo", "reward")
+# TRL 1.16's DPO losses (DPOConfig.loss_type). TRL accepts any string and fails only at the first step, so the
+# recipe checks first. exo_pair is left out: it needs label smoothing, which a recipe does not set.
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
+                  "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
 _OBJECTIVE_FIELDS = {
     "train_on_prompt": ("sft",), "all_turns": ("sft",), "packing": ("sft",),
     "beta": ("dpo", "ipo", "orpo", "kto", "simpo", "cpo"), "loss_type": ("dpo",),
@@ -162,8 +166,8 @@ class ObjectiveSpec(_OmitNewDefaults):
                                  "model's next-token distribution on the same tokens (0 = off).")
     beta: float = Field(0.1, gt=0, description="dpo/ipo/kto/simpo/cpo: inverse temperature of the preference loss; "
                                                "orpo: weight of the odds-ratio term (lambda).")
-    loss_type: str = Field("sigmoid", description="dpo: TRL's DPO loss variant (sigmoid, hinge, ipo, robust, "
-                                                  "nca_pair, bco_pair, sppo_hard, aot, apo_zero, …).")
+    loss_type: str = Field("sigmoid", description="dpo: TRL's DPO loss variant (" + ", ".join(DPO_LOSS_TYPES)
+                                                  + "; sigmoid is the DPO paper's loss).")
     simpo_gamma: float = Field(0.5, description="simpo: target reward margin (gamma / beta in the paper).")
     reward: str | None = Field(
         None, description="grpo/rloo: the reward — 'gsm8k' (built-in verifier of GSM8K final answers '#### N'), "
@@ -186,6 +190,9 @@ class ObjectiveSpec(_OmitNewDefaults):
             if name in self.model_fields_set and self.kind not in kinds:
                 raise ValueError(f"`{name}` applies to objective.kind {' / '.join(kinds)}, not {self.kind!r}; "
                                  "remove it")
+        if self.kind == "dpo" and self.loss_type not in DPO_LOSS_TYPES:
+            raise ValueError(f"loss_type {self.loss_type!r} is not a DPO loss tuneops can run; use one of "
+                             f"{', '.join(DPO_LOSS_TYPES)} (sigmoid is the DPO paper's loss)")
         if self.kind in ("grpo", "rloo") and not self.reward:
             raise ValueError(f"objective.kind {self.kind} needs a reward: 'gsm8k', 'module:function' or a "
                              "reward-model artifact id")
@@ -344,7 +351,8 @@ class TrainSpec(_OmitNewDefaults):
     weight_decay: float = Field(0.0, ge=0, lt=1, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     optimizer: str = Field("adamw_torch", description="transformers optimizer name (adamw_torch, adafactor, "
-                                                      "paged_adamw_8bit — paged optimizers need CUDA).")
+                                                      "paged_adamw_8bit — paged optimizers need CUDA, and are "
+                                                      "refused at validation on a machine without it).")
     max_length: int = Field(256, gt=8, description="Longer rows are truncated to this many tokens (reported by "
                                                    "`tuneops recipe validate` and before training).")
     padding_free: bool | None = Field(
@@ -377,6 +385,20 @@ class TrainSpec(_OmitNewDefaults):
     deterministic: bool = Field(
         False, description="Bit-identical reruns: fixed threads, deterministic algorithms, seeded data order and "
                            "init; the same recipe, data and base give the same artifact id on the same machine.")
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, v: str) -> str:
+        from transformers.training_args import OptimizerNames
+
+        names = [o.value for o in OptimizerNames]
+        if v not in names:
+            import difflib
+
+            close = difflib.get_close_matches(v, names, n=3)
+            raise ValueError(f"unknown optimizer {v!r}" + (f" (did you mean {', '.join(close)}?)" if close else "")
+                             + "; transformers knows: " + ", ".join(names))
+        return v
 
 
 class EvalSpec(_Strict):

@@ -14,6 +14,8 @@ adapters is measured by one function on the same held-out rows, with the tuneops
 ``--seeds`` runs both sides once per seed (data order, LoRA init and dropout follow it on both
 sides). The final eval loss moves with the data order, so the loss comparison is of the means over
 seeds, next to the baseline's own seed-to-seed spread; tokens/s is the median over every run.
+``--loss-only`` writes only those loss fields into the results file and keeps its throughput figures,
+for a seed sweep run while the machine was busy (losses do not depend on load; timings do).
 
 Writes benchmarks/results/sft_throughput.json.
 """
@@ -150,6 +152,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)  # the child's one seed
     ap.add_argument("--child", choices=["baseline", "tuneops"])
     ap.add_argument("--padded", action="store_true", help="tuneops with padded, length-grouped batches")
+    ap.add_argument("--loss-only", action="store_true",
+                    help="update only the eval-loss fields of the results file (a seed sweep run beside other "
+                         "work, whose timings would not be quiet); the throughput fields are kept")
     args = ap.parse_args()
     if args.child:
         child(args.child, args)
@@ -167,6 +172,8 @@ def main() -> None:
             res = json.loads(line[-1][7:])
             res["tokens_per_s"] = res["tokens"] / res["seconds"]
             res["seed"] = seed
+            with open("/proc/loadavg") as f:
+                res["load_1min_after"] = float(f.read().split()[0])
             runs[which].append(res)
             print(which, {k: v for k, v in res.items() if k != "adapter"}, flush=True)
     b = statistics.median(r["tokens_per_s"] for r in runs["baseline"])
@@ -176,8 +183,7 @@ def main() -> None:
     bl, tl = statistics.mean(bls), statistics.mean(tls)
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
-    result = {
-        "baseline_tokens_per_s": round(b, 1), "tuneops_tokens_per_s": round(t, 1), "speedup": round(t / b, 3),
+    losses = {
         "baseline_eval_loss": round(bl, 4), "tuneops_eval_loss": round(tl, 4),
         "eval_loss_rel_diff": round(abs(tl - bl) / bl, 4),
         "seeds": args.seeds,
@@ -187,6 +193,21 @@ def main() -> None:
         "baseline_seed_spread_rel": round((max(bls) - min(bls)) / bl, 4),
         "tuneops_seed_spread_rel": round((max(tls) - min(tls)) / tl, 4),
         "eval_loss_rel_diff_per_seed": [round(abs(t_ - b_) / b_, 4) for b_, t_ in zip(bls, tls)],
+    }
+    out_path = RESULTS / "sft_throughput.json"
+    if args.loss_only:
+        result = json.loads(out_path.read_text())
+        result.update(losses)
+        result["loss_sweep"] = {"command": "python benchmarks/sft_throughput.py " + " ".join(sys.argv[1:]),
+                                "load_1min_after_each_run": [r["load_1min_after"] for w in ("baseline", "tuneops")
+                                                             for r in runs[w]]}
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        return
+    result = {
+        "baseline_tokens_per_s": round(b, 1), "tuneops_tokens_per_s": round(t, 1), "speedup": round(t / b, 3),
+        **losses,
         "baseline_tokens_per_s_per_run": [round(r["tokens_per_s"], 1) for r in runs["baseline"]],
         "tuneops_tokens_per_s_per_run": [round(r["tokens_per_s"], 1) for r in runs["tuneops"]],
         "baseline_seconds": [round(r["seconds"], 1) for r in runs["baseline"]],
@@ -200,7 +221,7 @@ def main() -> None:
         "command": "python benchmarks/sft_throughput.py " + " ".join(sys.argv[1:]),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "sft_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+    out_path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

@@ -870,6 +870,15 @@ def _execute(store: Store, recipe: Recipe, run_id: str, work: Path, outcome: Run
         train_rows = plant_canaries(train_rows, make_canaries(recipe.train.seed, canaries.count), canaries.repeats)
     outcome.phases["validate"] = time.perf_counter() - t0
 
+    # best effort: an estimate that cannot be made never stops a run (the preflight in training names the problem)
+    try:
+        est = run_estimate(store, recipe, base, train_rows, plan)
+    except TuneopsError:
+        est = None
+    if est is not None:
+        store.add_run_event(run_id, "estimate", **est)
+        if progress is not None:
+            progress.console.print(describe_estimate(est), style="dim", highlight=False)
     t0 = time.perf_counter()
     label = f"train {recipe.objective.kind} · {recipe.method.describe()}"
     steps = planned_steps(len(train_rows) + (round(recipe.train.replay.ratio * len(train_rows))
@@ -1029,27 +1038,12 @@ def dry_run(store: Store, recipe: Recipe, *, probe_steps: int = 0) -> dict:
     time. With ``probe_steps`` it also trains that many steps on a sample to time this machine."""
     import shutil
 
-    from transformers import AutoTokenizer
-
-    from tuneops.train.template import apply_template_override, preflight, tokenize_rows
-
     base, train_ds, eval_ds, suites = validate_inputs(store, recipe)
     plan = plan_training(store, recipe, base)
     early_stop_check(store, recipe, plan)  # resolves and checks the suite; runs nothing
     rows = load_rows(store, train_ds)
-    tokenizer = AutoTokenizer.from_pretrained(base_dir(store, base))
-    apply_template_override(tokenizer, recipe.train.chat_template, base_dir=plan.template_dir)
-    chats = _as_chats(rows)
     obj = recipe.objective
-    report = preflight(tokenizer, chats, max_length=recipe.train.max_length, all_turns=obj.all_turns,
-                       train_on_prompt=obj.train_on_prompt)
-    tokenize_rows(tokenizer, chats, max_length=recipe.train.max_length, all_turns=obj.all_turns,
-                  train_on_prompt=obj.train_on_prompt, report=report)
-    n_rows = len(rows) + (round(recipe.train.replay.ratio * len(rows)) if recipe.train.replay else 0)
-    steps = planned_steps(n_rows, recipe.train, obj)
-    per_step = recipe.train.batch_size * recipe.train.gradient_accumulation_steps
-    tokens_per_row = report.tokens / max(1, len(chats))
-    planned_tokens = round(tokens_per_row * per_step * steps * (2 if obj.needs_preference_rows else 1))
+    steps, per_step, planned_tokens, report = _planned_work(store, recipe, base, rows, plan)
     out = {
         "recipe": recipe.source, "base": base.id, "train": train_ds.id, "eval": eval_ds.id,
         "rows": len(rows), "kind": train_ds.summary.get("kind", "sft"), "method": recipe.method.describe(),
@@ -1083,6 +1077,55 @@ def dry_run(store: Store, recipe: Recipe, *, probe_steps: int = 0) -> dict:
             seconds = planned_tokens / estimate["tokens_per_s"] if estimate.get("tokens_per_s") else None
         out["estimate"] = estimate | {"train_seconds": round(seconds) if seconds else None}
     return out
+
+
+def _planned_work(store: Store, recipe: Recipe, base, rows: list[dict], plan: TrainingPlan):
+    """(steps, rows per step, planned tokens, preflight report) of a run over ``rows``: the tokenizer and
+    template only, no model (a second or two for thousands of rows)."""
+    from transformers import AutoTokenizer
+
+    from tuneops.train.template import apply_template_override, preflight, tokenize_rows
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir(store, base))
+    apply_template_override(tokenizer, recipe.train.chat_template, base_dir=plan.template_dir)
+    chats = _as_chats(rows)
+    obj = recipe.objective
+    report = preflight(tokenizer, chats, max_length=recipe.train.max_length, all_turns=obj.all_turns,
+                       train_on_prompt=obj.train_on_prompt)
+    tokenize_rows(tokenizer, chats, max_length=recipe.train.max_length, all_turns=obj.all_turns,
+                  train_on_prompt=obj.train_on_prompt, report=report)
+    n_rows = len(rows) + (round(recipe.train.replay.ratio * len(rows)) if recipe.train.replay else 0)
+    steps = planned_steps(n_rows, recipe.train, obj)
+    per_step = recipe.train.batch_size * recipe.train.gradient_accumulation_steps
+    tokens_per_row = report.tokens / max(1, len(chats))
+    planned_tokens = round(tokens_per_row * per_step * steps * (2 if obj.needs_preference_rows else 1))
+    return steps, per_step, planned_tokens, report
+
+
+def run_estimate(store: Store, recipe: Recipe, base, rows: list[dict], plan: TrainingPlan) -> dict:
+    """What a run is about to do, before its first step: steps, tokens and (from the newest run of the same
+    base, method and objective on this store) the time. Without such a run the time is left out; the
+    progress bar's ETA measures it from the first steps, and `tuneops recipe validate --probe N` times a
+    short probe up front."""
+    steps, per_step, tokens, _ = _planned_work(store, recipe, base, rows, plan)
+    out = {"steps": steps, "rows_per_step": per_step, "planned_tokens": tokens}
+    measured = _tokens_per_s_estimate(store, base.id, recipe)
+    if measured and measured.get("tokens_per_s"):
+        out |= {"tokens_per_s": measured["tokens_per_s"], "from": measured["from"],
+                "train_seconds": round(tokens / measured["tokens_per_s"])}
+    return out
+
+
+def describe_estimate(est: dict) -> str:
+    """One line for stderr: 'estimate: 38 steps, ~36,200 tokens, ~4.4 min (138 tokens/s in run-…)'."""
+    text = f"estimate: {est['steps']} steps, ~{est['planned_tokens']:,} tokens"
+    if est.get("train_seconds") is not None:
+        secs = est["train_seconds"]
+        when = f"{secs} s" if secs < 120 else f"{secs / 60:.1f} min" if secs < 7200 else f"{secs / 3600:.1f} h"
+        text += f", ~{when} of training ({est['tokens_per_s']:.0f} tokens/s measured in {est['from']})"
+    else:
+        text += " (no earlier run of this base, method and objective here to time it: see the ETA)"
+    return text
 
 
 def _tokens_per_s_estimate(store: Store, base_id: str, recipe: Recipe) -> dict | None:

@@ -156,13 +156,22 @@ def test_rlhf_and_distillation_from_registered_artifacts(tiny_env):
         return model, tok
 
     distill.load_teacher = spy_load
+    runs = []
     try:
         for teacher in (grpo.artifact, full):
             out = run_recipe(store, _quick(base.id, objective={"kind": "distill", "teacher": teacher.id}))
             assert out.run.state == "succeeded", teacher.kind
             assert out.artifact.lineage["teacher"] == {"ref": teacher.id, "artifact": teacher.id, "base": base.id}
+            runs.append(out.run.id)
     finally:
         distill.load_teacher = real_load
+    # each run recorded an estimate before its first step: the first distillation on this base has no
+    # measured throughput to time it; the second is timed from the first (same base, method, objective)
+    first, second = (store.run_events(r, "estimate")[-1].payload for r in runs)
+    assert first["steps"] == second["steps"] == 2 and first["planned_tokens"] > 0 and "train_seconds" not in first
+    measured = store.run_events(runs[0], "artifact")[-1].payload["tokens_per_s"]
+    assert second["from"] == f"run {runs[0]}" and second["tokens_per_s"] == measured
+    assert second["train_seconds"] == round(second["planned_tokens"] / measured)
     (adapter_kw, _, _), (full_kw, full_model, full_tok) = loaded
     assert adapter_kw["teacher_adapter"] is not None and full_kw["teacher_adapter"] is None
     assert full_tok is not None  # a full fine-tune's folder holds weights only: the tokenizer is its base's

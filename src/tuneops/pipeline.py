@@ -184,6 +184,12 @@ def plan_training(store: Store, recipe: Recipe, base) -> TrainingPlan:
         check_optimizer_supported(recipe.train.optimizer)
     except TuneopsError as e:
         raise _named(recipe, "train.optimizer", e) from None
+    from tuneops.train.objectives import check_method_objective
+
+    try:
+        check_method_objective(recipe.method, recipe.objective)
+    except TuneopsError as e:
+        raise type(e)(f"{src}: {e.message}", hint=e.hint) from None
     if recipe.launcher is not None:
         from tuneops.train.launch import check_launcher
 

@@ -88,6 +88,8 @@ def test_validate_refuses_impossible_combinations_before_a_model_loads(tmp_path,
                       "unknown optimizer 'adamw_troch' (did you mean adamw_torch"),
         "loss_type": ({"objective": {"kind": "dpo", "loss_type": "sigmod"}},
                       "loss_type 'sigmod' is not a DPO loss tuneops can run"),
+        "packing": ({"method": {"kind": "prefix"}, "objective": {"kind": "sft", "packing": True}},
+                    "objective.packing: method.kind prefix prepends its virtual tokens to every sequence"),
         "teacher": ({"objective": {"kind": "distill", "teacher": "other"}},
                     "objective.teacher: other does not share the student's tokenizer"),
     }

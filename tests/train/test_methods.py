@@ -88,6 +88,69 @@ def test_method_trains_lowers_loss_and_reloads_identically(name, tiny_model_dir,
     atol = 1e-2 if name == "qlora" else 1e-5
     assert torch.allclose(a, b, atol=atol), (name, (a - b).abs().max())
     assert torch.equal(a.argmax(-1), b.argmax(-1))
+    if name in ("rslora", "lora"):  # rsLoRA scales by alpha / sqrt(r) (8 / 2 = 4), plain LoRA by alpha / r (2)
+        import json
+
+        cfg = json.loads((result.adapter_dir / "adapter_config.json").read_text())
+        assert cfg["use_rslora"] is (name == "rslora")
+        scalings = {m.scaling["default"] for m in again.modules() if isinstance(getattr(m, "scaling", None), dict)}
+        assert scalings == ({4.0} if name == "rslora" else {2.0}), scalings
+    if name == "lora_save_head":  # modules_to_save: the trained head travels in the adapter
+        from safetensors import safe_open
+
+        with safe_open(result.adapter_dir / "adapter_model.safetensors", "pt") as f:
+            head = [k for k in f.keys() if "lm_head" in k]
+        assert head, "modules_to_save lm_head is not in the saved adapter"
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        with safe_open(result.adapter_dir / "adapter_model.safetensors", "pt") as f:
+            assert not torch.equal(f.get_tensor(head[0]), base.lm_head.weight)  # it trained
+
+
+def test_loraplus_and_prompt_init_reach_peft(tiny_model_dir):
+    """LoRA+: the optimizer the trainer gets puts B matrices at ratio x lr; prompt tuning from text starts from
+    the text's own token embeddings (PEFT repeats them to num_virtual_tokens)."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuneops.train.methods import peft_config
+    from tuneops.train.sft import adapter_setup
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    method = LoraSpec(r=4, alpha=8, loraplus_lr_ratio=16)
+    wrapped, cfg, (opt, sched) = adapter_setup(model, method, TrainSpec(learning_rate=1e-3), tiny_model_dir)
+    assert cfg is None and sched is None  # already wrapped: the trainer must not wrap it again
+    names = {id(p): n for n, p in wrapped.named_parameters()}
+    lrs = {}
+    for g in opt.param_groups:
+        for p in g["params"]:
+            lrs[names[id(p)]] = g["lr"]
+    assert lrs and all(lr == pytest.approx(16e-3 if "lora_B" in n else 1e-3) for n, lr in lrs.items()), lrs
+    assert any("lora_B" in n for n in lrs) and any("lora_A" in n for n in lrs)
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    text = "Extract the JSON."
+    method = LoraSpec(kind="prompt", num_virtual_tokens=6, prompt_init_text=text)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    pm = get_peft_model(base, peft_config(method, base_path=tiny_model_dir))
+    ids = tok(text)["input_ids"]
+    ids = (ids * 6)[:6]
+    want = base.get_input_embeddings()(torch.tensor(ids))
+    got = pm.prompt_encoder["default"].embedding.weight
+    assert torch.allclose(got, want), (got - want).abs().max()
+
+
+def test_packed_rows_never_attend_to_each_other(tiny_model_dir, tmp_path):
+    """objective.packing: every row packed into one sequence (best-fit into max_length) gives the loss of the
+    same rows in one padded batch — position ids restart per row, so no row sees another."""
+    first = {}
+    for packed in (True, False):
+        r = train(tiny_model_dir, ROWS, method=LoraSpec(r=4), out_dir=tmp_path / f"p{packed}" / "adapter",
+                  base_id="base-tiny", objective=ObjectiveSpec(kind="sft", packing=packed),
+                  spec=TrainSpec(max_steps=1, batch_size=1 if packed else 8, max_length=512, padding_free=False,
+                                 group_by_length=False, threads=2))
+        first[packed] = (r.losses[0]["loss"], r.tokens)
+    assert first[True][1] == first[False][1]  # the same tokens, in one packed row instead of eight
+    assert first[True][0] == pytest.approx(first[False][0], rel=1e-4), first
 
 
 def test_padding_free_batches_give_the_padded_loss(tiny_model_dir, tmp_path):

@@ -218,9 +218,11 @@ def test_rows_that_are_not_preference_pairs_are_refused(tiny_model_dir, tmp_path
                          out_dir=tmp_path / "a", base_id="base-tiny")
     with pytest.raises(ValidationError, match=r"loss_type 'exo_pair' is not a DPO loss"):  # refused with the recipe
         ObjectiveSpec(kind="dpo", loss_type="exo_pair")
+    from tuneops.train.sft import train  # every training call goes through it: the combination check is there
+
     with pytest.raises(InvalidInput, match=r"method\.kind prompt .* objective\.kind simpo"):
-        train_preference(tiny_model_dir, PAIRS, method=LoraSpec(kind="prompt"), spec=spec(),
-                         objective=ObjectiveSpec(kind="simpo"), out_dir=tmp_path / "a", base_id="base-tiny")
+        train(tiny_model_dir, PAIRS, method=LoraSpec(kind="prompt"), spec=spec(),
+              objective=ObjectiveSpec(kind="simpo"), out_dir=tmp_path / "a", base_id="base-tiny")
     with pytest.raises(InvalidInput, match=r"train\.batch_size"):
         train_preference(tiny_model_dir, PAIRS, method=METHOD, spec=spec(batch_size=1),
                          objective=ObjectiveSpec(kind="kto"), out_dir=tmp_path / "a", base_id="base-tiny")

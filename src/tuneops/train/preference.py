@@ -64,10 +64,6 @@ def train_preference(base_path: Path, rows: list[dict], *, method: LoraSpec, spe
                            "preference pairs and has no place for them",
                            hint="remove train.replay (forgetting controls for preference runs: a low method.r, "
                                 "a higher objective.beta, or train.early_stopping)")
-    if kind in ("orpo", "cpo", "simpo") and method.kind == "prompt":
-        raise InvalidInput(f"method.kind prompt does not work with objective.kind {kind}: TRL's {kind.upper()} "
-                           "trainer scores the replies without the virtual tokens prompt tuning prepends",
-                           hint="use method.kind prefix, lora or ia3, or objective.kind dpo")
     if kind == "kto" and spec.batch_size < 2:
         raise InvalidInput("objective.kind kto needs train.batch_size >= 2 (got 1): its KL term is estimated from "
                            "mismatched prompt/reply pairs within a batch", hint="set train.batch_size: 2 or more")

@@ -438,10 +438,11 @@ def train(base_path: Path, rows: list[dict], *, method: LoraSpec, spec: TrainSpe
           control: RunControl | None = None, **objective_inputs) -> TrainResult:
     """Train ``rows`` with ``method`` and ``objective`` (default SFT) and save the artifact files to
     ``out_dir``. Non-SFT objectives are dispatched to train/objectives.py."""
-    objective = objective or ObjectiveSpec()
-    if objective.kind != "sft":
-        from tuneops.train import objectives
+    from tuneops.train import objectives
 
+    objective = objective or ObjectiveSpec()
+    objectives.check_method_objective(method, objective)
+    if objective.kind != "sft":
         return objectives.train_objective(base_path, rows, method=method, spec=spec, objective=objective,
                                           out_dir=out_dir, base_id=base_id, eval_rows=eval_rows,
                                           chat_template=chat_template, template_dir=template_dir,
@@ -471,7 +472,7 @@ def train(base_path: Path, rows: list[dict], *, method: LoraSpec, spec: TrainSpe
     import torch
 
     wanted = spec.padding_free if spec.padding_free is not None else torch.cuda.is_available()
-    padding_free = (wanted or objective.packing) and method.kind not in ("prefix", "prompt")
+    padding_free = (wanted or objective.packing) and method.kind not in ("prefix", "prompt")  # packing: refused
     config = SFTConfig(
         **{**common_args(spec, work, has_eval=eval_data is not None, control=control), "num_train_epochs": epochs},
         # rows are truncated here, at tokenization (and counted); TRL's padding-free path wants None

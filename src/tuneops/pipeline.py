@@ -878,12 +878,14 @@ def _execute(store: Store, recipe: Recipe, run_id: str, work: Path, outcome: Run
 
     # best effort: an estimate that cannot be made never stops a run (the preflight in training names the problem)
     try:
-        est = run_estimate(store, recipe, base, train_rows, plan)
+        est, example = run_estimate(store, recipe, base, train_rows, plan)
     except TuneopsError:
         est = None
     if est is not None:
         store.add_run_event(run_id, "estimate", **est)
-        if progress is not None:
+        if progress is not None:  # the template check's evidence, before step one: what the loss will see
+            progress.console.print("one training row as the model sees it ([[…]] is trained, the rest is "
+                                   "context):\n" + example.rstrip(), markup=False, highlight=False)
             progress.console.print(describe_estimate(est), style="dim", highlight=False)
     t0 = time.perf_counter()
     label = f"train {recipe.objective.kind} · {recipe.method.describe()}"
@@ -1108,18 +1110,19 @@ def _planned_work(store: Store, recipe: Recipe, base, rows: list[dict], plan: Tr
     return steps, per_step, planned_tokens, report
 
 
-def run_estimate(store: Store, recipe: Recipe, base, rows: list[dict], plan: TrainingPlan) -> dict:
+def run_estimate(store: Store, recipe: Recipe, base, rows: list[dict],
+                 plan: TrainingPlan) -> tuple[dict, str]:
     """What a run is about to do, before its first step: steps, tokens and (from the newest run of the same
     base, method and objective on this store) the time. Without such a run the time is left out; the
     progress bar's ETA measures it from the first steps, and `tuneops recipe validate --probe N` times a
-    short probe up front."""
-    steps, per_step, tokens, _ = _planned_work(store, recipe, base, rows, plan)
+    short probe up front. Returns (estimate, one rendered example with the trained part marked)."""
+    steps, per_step, tokens, report = _planned_work(store, recipe, base, rows, plan)
     out = {"steps": steps, "rows_per_step": per_step, "planned_tokens": tokens}
     measured = _tokens_per_s_estimate(store, base.id, recipe)
     if measured and measured.get("tokens_per_s"):
         out |= {"tokens_per_s": measured["tokens_per_s"], "from": measured["from"],
                 "train_seconds": round(tokens / measured["tokens_per_s"])}
-    return out
+    return out, report.example
 
 
 def describe_estimate(est: dict) -> str:

@@ -34,6 +34,9 @@ def test_train_json_stdout_is_only_json_and_events_have_timestamps(tiny_env, tmp
     out = json.loads(proc.stdout)  # nothing but the JSON document on stdout
     assert out["state"] == "succeeded" and out["artifact"].startswith("ad-")
     assert "train sft · lora r=4" in proc.stderr  # the progress bars went to stderr
+    # before step one: a rendered training row with its trained part marked, and the run's estimate
+    assert "one training row as the model sees it" in proc.stderr and "<|im_end|>]]" in proc.stderr
+    assert "estimate: 2 steps, ~" in proc.stderr and "tokens" in proc.stderr
 
     shown = json.loads(tuneops(store.home, "runs", "show", out["run"], "--json").stdout)
     assert shown["events"] and all(TIMESTAMP.match(e["at"]) for e in shown["events"])

@@ -182,3 +182,36 @@ def test_rlhf_and_distillation_from_registered_artifacts(tiny_env):
     saved = load_file(str(artifact_dir(store, full) / "model.safetensors"))
     name = next(k for k in saved if k.endswith("layers.0.mlp.down_proj.weight"))
     assert torch.equal(full_model.state_dict()[name], saved[name])  # the teacher is the fine-tuned model
+
+
+def test_chat_template_override_is_trained_recorded_shipped_and_evaluated(tiny_env, tmp_path):
+    """train.chat_template: the override (here: a policy tag on every system turn) is what training renders, its
+    sha256 is on the run's preflight and artifact events and in the lineage, it ships inside the artifact, and
+    the paired eval prompts with it."""
+    import hashlib
+
+    from transformers import AutoTokenizer
+
+    from tuneops.models.base import base_dir
+    from tuneops.release.registry import artifact_dir
+
+    store, base = tiny_env
+    tok = AutoTokenizer.from_pretrained(base_dir(store, base))
+    plain = "message['content'] + '<|im_end|>'"
+    assert plain in tok.chat_template
+    tpl = tok.chat_template.replace(plain, "(('[policy v2] ' + message['content']) if message['role'] == 'system' "
+                                           "else message['content']) + '<|im_end|>'")
+    f = tmp_path / "override.jinja"
+    f.write_text(tpl)
+    sha = hashlib.sha256(tpl.encode()).hexdigest()
+    out = run_recipe(store, _quick(base.id, train={"max_steps": 1, "batch_size": 4, "learning_rate": 1e-2,
+                                                   "warmup_ratio": 0.0, "threads": 2, "chat_template": str(f)}))
+    pf = store.run_events(out.run.id, "preflight")[-1].payload
+    assert pf["example"].startswith("<|im_start|>system\n[policy v2] Extract"), pf["example"][:80]
+    assert pf["template_sha256"] == sha != hashlib.sha256(tok.chat_template.encode()).hexdigest()
+    assert store.run_events(out.run.id, "artifact")[-1].payload["template_sha256"] == sha
+    assert out.artifact.lineage["template_sha256"] == sha
+    assert (artifact_dir(store, out.artifact) / "chat_template.jinja").read_text() == tpl
+    _, eval_tok, _ = load_paired(store, out.artifact, None)
+    assert eval_tok.chat_template == tpl
+    assert (store.home / "runs" / out.run.id / "loss.png").stat().st_size > 1000  # the loss curve, plotted

@@ -195,3 +195,18 @@ def test_sft_golden_losses(tiny_model_dir, tmp_path):
 
 
 GOLDEN_SFT = [10.7852, 10.7565, 10.7282]
+
+
+def test_peak_memory_is_the_runs_own():
+    """A worker that trains many times reports each run's peak, not the largest run before it."""
+    import sys
+
+    from tuneops.train.methods import peak_rss_mb, reset_peak_memory
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the per-run peak uses Linux's /proc/self/clear_refs")
+    big = torch.ones(400 * 2**20 // 4)  # 400 MB, touched
+    high = peak_rss_mb()
+    del big
+    reset_peak_memory()
+    assert peak_rss_mb() < high - 300, (high, peak_rss_mb())

@@ -117,9 +117,41 @@ def parameter_counts(model) -> tuple[int, int]:
     return trainable, total
 
 
+def reset_peak_memory() -> None:
+    """Start this run's peak-memory count now, so a process that trains several times (a worker, a
+    sweep, the test suite) reports each run's own peak: Linux resets the peak RSS (VmHWM) to the
+    current RSS on ``5`` written to /proc/self/clear_refs; CUDA resets its allocator peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # not Linux, or not allowed: the process-wide peak is reported
+        pass
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+    except Exception:
+        pass
+
+
+def _vm_hwm_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (MB); with CUDA, the peak allocated is added."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory (MB) since :func:`reset_peak_memory` (on Linux; elsewhere the process's
+    peak so far); with CUDA, the peak allocated is added."""
+    rss = _vm_hwm_mb()
+    if rss is None:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     try:
         import torch
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from tuneops.train.methods import (ADAPTER_FILES, load_model, loraplus_optimizer, parameter_counts, peak_rss_mb,
-                                   peft_config, save_artifact)
+                                   peft_config, reset_peak_memory, save_artifact)
 from tuneops.train.control import RunControl
 from tuneops.train.recipe import LoraSpec, ObjectiveSpec, TrainSpec
 
@@ -286,6 +286,7 @@ def prepare(base_path: Path, method: LoraSpec, spec: TrainSpec, *, chat_template
 
     datasets.disable_progress_bars()  # tuneops draws its own (rich) progress
     transformers.utils.logging.disable_progress_bar()
+    reset_peak_memory()  # this run's peak, not the process's (a worker or sweep trains many times)
     if spec.deterministic:
         from tuneops.train.control import deterministic_setup
 
@@ -465,7 +466,8 @@ def train(base_path: Path, rows: list[dict], *, method: LoraSpec, spec: TrainSpe
     data = Dataset.from_dict({"input_ids": [t.input_ids for t in tokenized], "labels": [t.labels for t in tokenized]})
     eval_data = None
     if eval_rows and spec.eval_steps:
-        ev = tokenize_rows(tokenizer, eval_rows, max_length=spec.max_length, all_turns=objective.all_turns)
+        ev = tokenize_rows(tokenizer, eval_rows, max_length=spec.max_length, all_turns=objective.all_turns,
+                           train_on_prompt=objective.train_on_prompt)  # the eval loss covers what training does
         eval_data = Dataset.from_dict({"input_ids": [t.input_ids for t in ev], "labels": [t.labels for t in ev]})
     work = Path(out_dir).parent / "trainer"
     # prefix / prompt tuning prepend virtual tokens to each sequence: a concatenated batch would get them once

@@ -16,6 +16,7 @@ def test_fields_lists_every_section_with_defaults(tmp_path):
               "train.chat_template", "train.replay.ratio", "train.early_stopping.max_drop"):
         assert f in by and by[f]["description"], f
     assert "qlora" in by["method.kind"]["type"] and "grpo" in by["objective.kind"]["type"]
+    assert [r["field"] for r in rows if not r["description"]] == []  # every field documented where declared
     only = json.loads(tuneops(tmp_path / "h", "recipe", "fields", "objective", "--json").stdout)
     assert only and all(r["field"].startswith("objective") for r in only)
     bad = tuneops(tmp_path / "h", "recipe", "fields", "nope", check=False)

@@ -513,15 +513,19 @@ class Recipe(_OmitNewDefaults):
 
     name: str = Field(description="Human name for runs of this recipe.", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
     base: str = Field(description="Base model: a `base-…` id, a name, or 'embedded:SmolLM2-135M-Instruct'.")
-    data: DataSpec
+    data: DataSpec = Field(description="The training and eval dataset versions (ids or names), kept apart: "
+                                       "rows of one found in the other are refused as leakage.")
     method: LoraSpec = Field(default_factory=LoraSpec, description="How the base is adapted (PEFT): "
                                                                    "method.kind picks lora, dora, qlora, full, "
                                                                    "prefix, prompt or ia3.")
     objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec, description="The training loss (TRL): "
                                                                                 "objective.kind picks sft, dpo, "
                                                                                 "…, grpo or distill.")
-    train: TrainSpec = Field(default_factory=TrainSpec)
-    eval: EvalSpec = Field(default_factory=EvalSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec, description="How the optimiser runs: steps, batch, learning "
+                                                                   "rate and schedule, lengths, checkpoints, guards "
+                                                                   "and the forgetting controls.")
+    eval: EvalSpec = Field(default_factory=EvalSpec, description="The paired evaluation against the base (or the "
+                                                                "alias's current artifact): suites and budgets.")
     gates: list[Gate] = Field(default_factory=list, description="All must pass for promotion.")
     target: TargetSpec | None = Field(None, description="Alias a passing artifact is promoted to.")
     launcher: LauncherSpec | None = Field(None, description="Train on several processes / GPUs through accelerate: "

@@ -66,3 +66,20 @@ def test_planned_steps_count_what_each_objective_trains_on():
     assert planned_steps(16, spec, ObjectiveSpec(kind="kto")) == 6
     assert planned_steps(16, spec, ObjectiveSpec(kind="grpo", reward="gsm8k", num_generations=4)) == 12
     assert planned_steps(16, TrainSpec(max_steps=5), ObjectiveSpec(kind="kto")) == 5
+
+
+def test_every_example_recipe_parses():
+    """The shipped examples stay valid recipes as fields change (the full `recipe validate` of the GSM8K one
+    needs the embedded base and the GSM8K split; its output is in docs/training.md)."""
+    from pathlib import Path
+
+    from tuneops.train.recipe import load_recipe
+
+    examples = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+    assert {p.name for p in examples} >= {"json-extraction.yaml", "gsm8k-grpo.yaml"}
+    for path in examples:
+        recipe = load_recipe(path)
+        assert recipe.name
+    grpo = load_recipe(examples[[p.name for p in examples].index("gsm8k-grpo.yaml")])
+    assert grpo.objective.kind == "grpo" and grpo.objective.reward == "gsm8k"
+    assert grpo.train.batch_size % grpo.objective.num_generations == 0

@@ -51,6 +51,9 @@ def _quiet_hf() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # plain tqdm bars the HF stack draws unconditionally (transformers' GGUF de-quantizing on the first
+    # import of the embedded base, shard writing); tqdm reads TQDM_* when it is first imported
+    os.environ.setdefault("TQDM_DISABLE", "1")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*gemm_4bit.*")
 

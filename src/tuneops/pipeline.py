@@ -884,8 +884,8 @@ def _execute(store: Store, recipe: Recipe, run_id: str, work: Path, outcome: Run
     if est is not None:
         store.add_run_event(run_id, "estimate", **est)
         if progress is not None:  # the template check's evidence, before step one: what the loss will see
-            progress.console.print("one training row as the model sees it ([[…]] is trained, the rest is "
-                                   "context):\n" + example.rstrip(), markup=False, highlight=False)
+            progress.console.print(example_caption(recipe.objective) + "\n" + example.rstrip(), markup=False,
+                                   highlight=False)
             progress.console.print(describe_estimate(est), style="dim", highlight=False)
     t0 = time.perf_counter()
     label = f"train {recipe.objective.kind} · {recipe.method.describe()}"
@@ -1123,6 +1123,18 @@ def run_estimate(store: Store, recipe: Recipe, base, rows: list[dict],
         out |= {"tokens_per_s": measured["tokens_per_s"], "from": measured["from"],
                 "train_seconds": round(tokens / measured["tokens_per_s"])}
     return out, report.example
+
+
+def example_caption(objective) -> str:
+    """What the [[…]] of a rendered example is, for this objective."""
+    if objective.kind in ("grpo", "rloo"):
+        return ("one training row as the model sees it ([[…]] is the reference reply, which the reward gets as "
+                "`answer`; the model trains on its own sampled completions):")
+    if objective.kind == "distill" and objective.mode == "responses":
+        return "one training row as the model sees it ([[…]] is replaced by the teacher's reply before training):"
+    if objective.needs_preference_rows:
+        return "one training row as the model sees it (prompt + chosen reply; [[…]] is what the loss scores):"
+    return "one training row as the model sees it ([[…]] is trained, the rest is context):"
 
 
 def describe_estimate(est: dict) -> str:

@@ -124,7 +124,9 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML."),
     summary["estimated train time"] = (f"{est['train_seconds']} s ({est['from']})" if est and est.get("train_seconds")
                                        else "unknown: run with --probe 2")
     emit_one(summary, as_json=False, title="recipe ok")
-    say("one training row, the trained tokens in [[…]]:", err=False)
+    from tuneops.pipeline import example_caption
+
+    say(example_caption(parsed.objective), err=False)
     typer.echo(result["example"])
     if pf["over_max_length"]:
         say((f"warning: {pf['over_max_length']} row(s) longer than train.max_length {pf['max_length']} will be "

@@ -898,8 +898,27 @@ def _execute(store: Store, recipe: Recipe, run_id: str, work: Path, outcome: Run
         last_loss["v"] = entry["loss"]
         store.add_run_event(run_id, "metrics", **entry)
 
+    # No earlier run timed this kind of run: the run's own first steps are the probe (no extra compute); the
+    # estimate is recorded again, timed, two steps after the first one seen (a resumed run starts later).
+    probe = {"first": None, "done": est is None or est.get("train_seconds") is not None}
+
     def on_step(step, total):
         _advance(progress, task, completed=step, total=total, description=f"{label} · loss {last_loss['v']:.3f}")
+        if probe["done"]:
+            return
+        now = time.perf_counter()
+        if probe["first"] is None:
+            probe["first"] = (step, now)  # the first step carries warm-up: timing starts after it
+            return
+        first_step, t_first = probe["first"]
+        if step - first_step >= 2 or step >= total:
+            per_step = (now - t_first) / max(1, step - first_step)
+            timed = est | {"seconds_per_step": round(per_step, 2), "train_seconds": round(per_step * total),
+                           "from": f"steps {first_step + 1}-{step} of this run"}
+            store.add_run_event(run_id, "estimate", **timed)
+            if progress is not None:
+                progress.console.print(describe_estimate(timed), style="dim", highlight=False)
+            probe["done"] = True
 
     def on_preflight(report: dict, example: str):
         store.add_run_event(run_id, "preflight", **report, example=example[:4000])
@@ -1143,9 +1162,11 @@ def describe_estimate(est: dict) -> str:
     if est.get("train_seconds") is not None:
         secs = est["train_seconds"]
         when = f"{secs} s" if secs < 120 else f"{secs / 60:.1f} min" if secs < 7200 else f"{secs / 3600:.1f} h"
-        text += f", ~{when} of training ({est['tokens_per_s']:.0f} tokens/s measured in {est['from']})"
+        rate = f"{est['seconds_per_step']:g} s a step" if est.get("seconds_per_step") is not None else \
+            f"{est['tokens_per_s']:.0f} tokens/s"
+        text += f", ~{when} of training ({rate} measured in {est['from']})"
     else:
-        text += " (no earlier run of this base, method and objective here to time it: see the ETA)"
+        text += " (no earlier run of this base, method and objective here: timed after its first steps)"
     return text
 
 

@@ -166,9 +166,14 @@ def test_rlhf_and_distillation_from_registered_artifacts(tiny_env):
     finally:
         distill.load_teacher = real_load
     # each run recorded an estimate before its first step: the first distillation on this base has no
-    # measured throughput to time it; the second is timed from the first (same base, method, objective)
-    first, second = (store.run_events(r, "estimate")[-1].payload for r in runs)
-    assert first["steps"] == second["steps"] == 2 and first["planned_tokens"] > 0 and "train_seconds" not in first
+    # measured throughput to time it, so its own first steps time it (a second, timed estimate); the second
+    # run is timed up front from the first (same base, method, objective)
+    first, timed = (e.payload for e in store.run_events(runs[0], "estimate"))
+    assert first["steps"] == 2 and first["planned_tokens"] > 0 and "train_seconds" not in first
+    assert timed["from"] == "steps 2-2 of this run" and timed["seconds_per_step"] > 0
+    assert abs(timed["train_seconds"] - timed["seconds_per_step"] * 2) <= 1
+    (second,) = (e.payload for e in store.run_events(runs[1], "estimate"))
+    assert second["steps"] == 2
     measured = store.run_events(runs[0], "artifact")[-1].payload["tokens_per_s"]
     assert second["from"] == f"run {runs[0]}" and second["tokens_per_s"] == measured
     assert second["train_seconds"] == round(second["planned_tokens"] / measured)

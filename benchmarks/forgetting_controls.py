@@ -12,6 +12,7 @@ the same items (json_extraction on the 40 held-out rows, forgetting 8 per catego
 - rank: method.r 4, alpha 8 (a rank cap);
 - early: train.early_stopping on 40 forgetting items disjoint from the measured 40, every 5 steps,
   max_drop 0.05 (the run stops when the check falls more than 0.05 below its step-0 value);
+- kl_early: kl 0.5 and early together;
 - replay: train.replay ratio 0.3 of a general set — the base's own greedy replies to GSM8K
   questions (../shared/data/gsm8k, MIT), which share no items with the forgetting suite.
 
@@ -74,6 +75,9 @@ ARMS = {
     "replay": {"train_replay": {"dataset": "general-replay", "ratio": 0.3}},
     # the check watches 40 forgetting items disjoint from the 40 the eval measures (see check_suite)
     "early": {"train_early_stopping": {"suite": "$check_suite", "every": 5, "max_drop": 0.05, "max_items": 40}},
+    # two controls together: KL slows the drift, so the check can let training run longer before it stops
+    "kl_early": {"objective": {"kind": "sft", "kl_to_reference": 0.5},
+                 "train_early_stopping": {"suite": "$check_suite", "every": 5, "max_drop": 0.05, "max_items": 40}},
 }
 
 

@@ -220,3 +220,21 @@ def test_chat_template_override_is_trained_recorded_shipped_and_evaluated(tiny_e
     _, eval_tok, _ = load_paired(store, out.artifact, None)
     assert eval_tok.chat_template == tpl
     assert (store.home / "runs" / out.run.id / "loss.png").stat().st_size > 1000  # the loss curve, plotted
+
+
+def test_early_stopping_allows_a_drop_of_exactly_max_drop(tiny_env, monkeypatch):
+    """max_drop 0.05 on a 40-item suite allows losing 2 items (1.0 -> 0.95); in floats 1.0 - 0.95 is
+    0.05000000000000004, which used to stop the run. Losing a third item (0.925) still stops it."""
+    import tuneops.eval.paired as paired
+    from tuneops.pipeline import early_stop_check, plan_training
+
+    scores = iter([1.0, 0.95, 0.925])
+    monkeypatch.setattr(paired, "score_model", lambda model, tok, suite, **kw: {
+        m: next(scores) for m in suite.metric_names()})
+    store, base = tiny_env
+    recipe = tiny_recipe(base.id, train={"max_steps": 4, "batch_size": 4, "threads": 2,
+                                         "early_stopping": {"suite": "forgetting", "every": 1, "max_drop": 0.05}})
+    stop = early_stop_check(store, recipe, plan_training(store, recipe, base))
+    assert stop.check(None, 0) is None  # step 0: the reference value
+    assert stop.check(None, 1) is None  # 1.0 -> 0.95: exactly max_drop, within bounds
+    assert "moved from 1.000 to 0.925" in stop.check(None, 2)

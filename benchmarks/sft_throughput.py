@@ -16,6 +16,7 @@ sides). The final eval loss moves with the data order, so the loss comparison is
 seeds, next to the baseline's own seed-to-seed spread; tokens/s is the median over every run.
 ``--loss-only`` writes only those loss fields into the results file and keeps its throughput figures,
 for a seed sweep run while the machine was busy (losses do not depend on load; timings do).
+``--replay LOG`` summarises the per-run lines a previous invocation printed, without training again.
 
 Writes benchmarks/results/sft_throughput.json.
 """
@@ -155,13 +156,24 @@ def main() -> None:
     ap.add_argument("--loss-only", action="store_true",
                     help="update only the eval-loss fields of the results file (a seed sweep run beside other "
                          "work, whose timings would not be quiet); the throughput fields are kept")
+    ap.add_argument("--replay", type=Path, help="summarise the per-run lines an earlier invocation printed "
+                                                 "(its stdout, saved to this file) instead of training again")
     args = ap.parse_args()
     if args.child:
         child(args.child, args)
         return
-    base_dir()
     runs: dict[str, list[dict]] = {"baseline": [], "tuneops": []}
-    for seed in args.seeds:
+    if args.replay:  # the lines below print "<side> {…}" per run; the summary is computed from them as usual
+        import ast
+
+        for line in args.replay.read_text().splitlines():
+            side, _, rest = line.partition(" ")
+            if side in runs and rest.startswith("{"):
+                runs[side].append(ast.literal_eval(rest))
+        args.seeds = [r["seed"] for r in runs["baseline"]]
+    else:
+        base_dir()
+    for seed in [] if args.replay else args.seeds:
         for which in ("baseline", "tuneops"):  # one at a time, alternating
             out = subprocess.run([sys.executable, __file__, "--child", which, "--rows", str(args.rows), "--steps",
                                   str(args.steps), "--batch", str(args.batch), "--seed", str(seed)],
@@ -199,8 +211,10 @@ def main() -> None:
         result = json.loads(out_path.read_text())
         result.update(losses)
         result["loss_sweep"] = {"command": "python benchmarks/sft_throughput.py " + " ".join(sys.argv[1:]),
-                                "load_1min_after_each_run": [r["load_1min_after"] for w in ("baseline", "tuneops")
-                                                             for r in runs[w]]}
+                                "load_1min_after_each_run": [r.get("load_1min_after") for w in ("baseline", "tuneops")
+                                                             for r in runs[w]],
+                                "baseline_tokens_per_s_per_run": [round(r["tokens_per_s"], 1) for r in runs["baseline"]],
+                                "tuneops_tokens_per_s_per_run": [round(r["tokens_per_s"], 1) for r in runs["tuneops"]]}
         RESULTS.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result, indent=2))

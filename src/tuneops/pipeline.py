@@ -282,14 +282,14 @@ def reward_model_fn(store: Store, artifact: ArtifactRecord) -> Callable:
     def reward(prompts, completions, **_):
         if not state:
             tok = AutoTokenizer.from_pretrained(path)
-            if artifact.kind == "model":  # a fully fine-tuned reward model: its own weights and score head
-                model = AutoModelForSequenceClassification.from_pretrained(artifact_dir(store, artifact),
-                                                                           num_labels=1, dtype=torch.float32)
-            else:
-                model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
-            model.config.pad_token_id = tok.pad_token_id or tok.eos_token_id
-            if artifact.kind != "model":
-                model = PeftModel.from_pretrained(model, artifact_dir(store, artifact))
+
+            def scorer(src):
+                m = AutoModelForSequenceClassification.from_pretrained(src, num_labels=1, dtype=torch.float32)
+                m.config.pad_token_id = tok.pad_token_id or tok.eos_token_id
+                return m
+
+            files = artifact_dir(store, artifact)  # a full fine-tune holds its own weights and score head
+            model = scorer(files) if artifact.kind == "model" else PeftModel.from_pretrained(scorer(path), files)
             state["model"] = model.eval()
             state["tok"] = tok
         tok, model = state["tok"], state["model"]
@@ -1108,16 +1108,18 @@ def dry_run(store: Store, recipe: Recipe, *, probe_steps: int = 0) -> dict:
     return out
 
 
-def _planned_work(store: Store, recipe: Recipe, base, rows: list[dict], plan: TrainingPlan):
+def _planned_work(store: Store, recipe: Recipe, base, rows: list[dict], plan: TrainingPlan, *,
+                  sample: int | None = None):
     """(steps, rows per step, planned tokens, preflight report) of a run over ``rows``: the tokenizer and
-    template only, no model (a second or two for thousands of rows)."""
+    template only, no model (a second or two for thousands of rows). ``sample``: tokenize only the first
+    N rows and scale (a run's start-up estimate; training's own preflight then checks every row)."""
     from transformers import AutoTokenizer
 
     from tuneops.train.template import apply_template_override, preflight, tokenize_rows
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir(store, base))
     apply_template_override(tokenizer, recipe.train.chat_template, base_dir=plan.template_dir)
-    chats = _as_chats(rows)
+    chats = _as_chats(rows[:sample] if sample else rows)
     obj = recipe.objective
     report = preflight(tokenizer, chats, max_length=recipe.train.max_length, all_turns=obj.all_turns,
                        train_on_prompt=obj.train_on_prompt)
@@ -1137,7 +1139,7 @@ def run_estimate(store: Store, recipe: Recipe, base, rows: list[dict],
     base, method and objective on this store) the time. Without such a run the time is left out; the
     progress bar's ETA measures it from the first steps, and `tuneops recipe validate --probe N` times a
     short probe up front. Returns (estimate, one rendered example with the trained part marked)."""
-    steps, per_step, tokens, report = _planned_work(store, recipe, base, rows, plan)
+    steps, per_step, tokens, report = _planned_work(store, recipe, base, rows, plan, sample=512)
     out = {"steps": steps, "rows_per_step": per_step, "planned_tokens": tokens}
     measured = _tokens_per_s_estimate(store, base.id, recipe)
     if measured and measured.get("tokens_per_s"):

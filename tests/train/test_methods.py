@@ -210,3 +210,27 @@ def test_peak_memory_is_the_runs_own():
     del big
     reset_peak_memory()
     assert peak_rss_mb() < high - 300, (high, peak_rss_mb())
+
+
+def test_eval_loss_masks_like_training_with_train_on_prompt(tiny_model_dir, tmp_path):
+    """objective.train_on_prompt: the eval loss covers the prompt tokens too, as training does (it used to be
+    computed on the assistant tokens only). One step; the eval loss is then that of the saved model."""
+    from tuneops.train.template import tokenize_rows
+    from transformers import AutoTokenizer
+
+    result = train(tiny_model_dir, ROWS, method=LoraSpec(r=4), out_dir=tmp_path / "adapter", base_id="base-tiny",
+                   objective=ObjectiveSpec(kind="sft", train_on_prompt=True), eval_rows=ROWS,
+                   spec=TrainSpec(max_steps=1, batch_size=8, eval_steps=1, padding_free=False, group_by_length=False,
+                                  threads=2))
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    losses = {}
+    for on_prompt in (True, False):
+        toks = tokenize_rows(tok, ROWS, max_length=128, train_on_prompt=on_prompt)
+        n = max(len(t.input_ids) for t in toks)
+        ids = torch.tensor([t.input_ids + [tok.pad_token_id] * (n - len(t.input_ids)) for t in toks])
+        labels = torch.tensor([t.labels + [-100] * (n - len(t.labels)) for t in toks])
+        mask = torch.tensor([[1] * len(t.input_ids) + [0] * (n - len(t.input_ids)) for t in toks])
+        losses[on_prompt] = loss_of(result.model, ids, mask, labels)
+    got = result.eval_losses[-1]["eval_loss"]
+    # measured: 10.82598 with the prompt, 10.78535 without; the old code reported the latter
+    assert abs(got - losses[True]) < 1e-4 and abs(got - losses[False]) > 1e-2, (got, losses)

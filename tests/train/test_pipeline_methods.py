@@ -88,7 +88,7 @@ def _quick(base_id: str, **overrides):
     return tiny_recipe(base_id, **(spec | overrides))
 
 
-def test_rlhf_and_distillation_from_registered_artifacts(tiny_env):
+def test_rlhf_and_distillation_from_registered_artifacts(tiny_env, monkeypatch):
     """The learned-reward path and artifact teachers, through run_recipe: a reward model trained on preference
     pairs scores GRPO's completions (`objective.reward: ad-…`); an adapter artifact and a full fine-tune artifact
     each teach a student (`objective.teacher: ad-…`); the lineage names each. An SFT adapter is refused as a
@@ -122,12 +122,10 @@ def test_rlhf_and_distillation_from_registered_artifacts(tiny_env):
             return out
         return reward
 
-    pipeline.reward_model_fn = spy
-    try:
-        grpo = run_recipe(store, _quick(base.id, objective={"kind": "grpo", "reward": rm.id, "num_generations": 2,
-                                                            "max_completion_length": 4}))
-    finally:
-        pipeline.reward_model_fn = real
+    monkeypatch.setattr(pipeline, "reward_model_fn", spy)
+    grpo = run_recipe(store, _quick(base.id, objective={"kind": "grpo", "reward": rm.id, "num_generations": 2,
+                                                        "max_completion_length": 4}))
+    monkeypatch.setattr(pipeline, "reward_model_fn", real)
     assert grpo.run.state == "succeeded" and grpo.artifact.lineage["objective"] == "grpo"
     # every completion was scored by the reward model: real-valued scores, not a verifier's 0/1
     assert scored and all(len(batch) == 4 for batch in scored)
@@ -155,16 +153,13 @@ def test_rlhf_and_distillation_from_registered_artifacts(tiny_env):
         loaded.append((kw, model, tok))
         return model, tok
 
-    distill.load_teacher = spy_load
+    monkeypatch.setattr(distill, "load_teacher", spy_load)
     runs = []
-    try:
-        for teacher in (grpo.artifact, full):
-            out = run_recipe(store, _quick(base.id, objective={"kind": "distill", "teacher": teacher.id}))
-            assert out.run.state == "succeeded", teacher.kind
-            assert out.artifact.lineage["teacher"] == {"ref": teacher.id, "artifact": teacher.id, "base": base.id}
-            runs.append(out.run.id)
-    finally:
-        distill.load_teacher = real_load
+    for teacher in (grpo.artifact, full):
+        out = run_recipe(store, _quick(base.id, objective={"kind": "distill", "teacher": teacher.id}))
+        assert out.run.state == "succeeded", teacher.kind
+        assert out.artifact.lineage["teacher"] == {"ref": teacher.id, "artifact": teacher.id, "base": base.id}
+        runs.append(out.run.id)
     # each run recorded an estimate before its first step: the first distillation on this base has no
     # measured throughput to time it, so its own first steps time it (a second, timed estimate); the second
     # run is timed up front from the first (same base, method, objective)

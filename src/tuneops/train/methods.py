@@ -117,15 +117,64 @@ def parameter_counts(model) -> tuple[int, int]:
     return trainable, total
 
 
-def reset_peak_memory() -> None:
-    """Start this run's peak-memory count now, so a process that trains several times (a worker, a
-    sweep, the test suite) reports each run's own peak: Linux resets the peak RSS (VmHWM) to the
-    current RSS on ``5`` written to /proc/self/clear_refs; CUDA resets its allocator peak."""
+class _RssSampler:
+    """Samples this process's resident memory every ``interval`` seconds on a daemon thread and keeps the
+    largest: the per-run peak where the kernel's own count cannot be reset (a sandboxed kernel such as
+    gVisor accepts the write to /proc/self/clear_refs and leaves VmHWM where it was)."""
+
+    def __init__(self, interval: float = 0.02):
+        import threading
+
+        self.interval = interval
+        self.peak = _vm_rss_mb() or 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tuneops-rss-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            rss = _vm_rss_mb()
+            if rss is not None and rss > self.peak:
+                self.peak = rss
+
+    def value(self) -> float:
+        rss = _vm_rss_mb() or 0.0
+        return max(self.peak, rss)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1)
+
+
+_SAMPLER: _RssSampler | None = None
+# VmHWM right after a reset may sit a little above VmRSS (pages touched between the write and the read).
+_RESET_SLACK_MB = 16.0
+
+
+def _clear_hwm() -> bool:
+    """Ask Linux to reset the peak RSS (VmHWM) to the current RSS (``5`` to /proc/self/clear_refs) and
+    check that it did: True when VmHWM now sits at VmRSS, False where the write is refused or ignored."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-    except OSError:  # not Linux, or not allowed: the process-wide peak is reported
-        pass
+    except OSError:  # not Linux, or not allowed
+        return False
+    status = _proc_status_mb("VmHWM", "VmRSS")
+    hwm, rss = status.get("VmHWM"), status.get("VmRSS")
+    return hwm is not None and rss is not None and hwm - rss <= _RESET_SLACK_MB
+
+
+def reset_peak_memory() -> None:
+    """Start this run's peak-memory count now, so a process that trains several times (a worker, a
+    sweep, the test suite) reports each run's own peak. On Linux the kernel's peak RSS (VmHWM) is reset
+    and the reset checked; where the kernel ignores it (or there is no /proc), a sampling thread keeps
+    the run's peak instead. CUDA resets its allocator peak."""
+    global _SAMPLER
+    if _SAMPLER is not None:
+        _SAMPLER.stop()
+        _SAMPLER = None
+    if not _clear_hwm() and _vm_rss_mb() is not None:
+        _SAMPLER = _RssSampler()
     try:
         import torch
 
@@ -135,23 +184,38 @@ def reset_peak_memory() -> None:
         pass
 
 
-def _vm_hwm_mb() -> float | None:
+def _proc_status_mb(*keys: str) -> dict[str, float]:
+    """The named ``kB`` fields of /proc/self/status, in MB, read in one pass ({} off Linux)."""
+    out: dict[str, float] = {}
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
+                key = line.split(":", 1)[0]
+                if key in keys:
+                    out[key] = int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
         pass
-    return None
+    return out
+
+
+def _vm_hwm_mb() -> float | None:
+    return _proc_status_mb("VmHWM").get("VmHWM")
+
+
+def _vm_rss_mb() -> float | None:
+    return _proc_status_mb("VmRSS").get("VmRSS")
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory (MB) since :func:`reset_peak_memory` (on Linux; elsewhere the process's
-    peak so far); with CUDA, the peak allocated is added."""
-    rss = _vm_hwm_mb()
-    if rss is None:
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory (MB) since :func:`reset_peak_memory`: the kernel's VmHWM where the reset
+    took, the sampled peak where it did not, and the process's peak so far off Linux; with CUDA, the
+    peak allocated is added."""
+    if _SAMPLER is not None:
+        rss = _SAMPLER.value()
+    else:
+        rss = _vm_hwm_mb()
+        if rss is None:
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     try:
         import torch
 

@@ -1,5 +1,7 @@
 """Every method.kind trains on the tiny model, lowers its loss, saves, and reloads to the same logits."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -197,45 +199,61 @@ def test_sft_golden_losses(tiny_model_dir, tmp_path):
 GOLDEN_SFT = [10.7852, 10.7565, 10.7282]
 
 
-def test_peak_memory_is_the_runs_own():
-    """A worker that trains many times reports each run's peak, not the largest run before it."""
-    import sys
+@contextlib.contextmanager
+def _resident(mb: int):
+    """``mb`` MB of memory made resident and returned to the kernel on exit, whatever the allocator holds: an
+    anonymous mapping of its own, every page written. (A torch tensor of that size may come from memory the
+    allocator kept from earlier tests and then leave the RSS unchanged both ways: so it did in CI, at 4.1 GB.)"""
+    import mmap
 
-    from tuneops.train.methods import peak_rss_mb, reset_peak_memory
+    m = mmap.mmap(-1, mb * 2**20)
+    view = torch.frombuffer(m, dtype=torch.uint8)
+    view.fill_(1)
+    del view
+    try:
+        yield
+    finally:
+        m.close()
+
+
+def _linux_only():
+    import sys
 
     if not sys.platform.startswith("linux"):
         pytest.skip("the per-run peak reads Linux's /proc/self/status")
-    big = torch.ones(400 * 2**20 // 4)  # 400 MB, touched
-    high = peak_rss_mb()
-    del big
+
+
+def test_peak_memory_is_the_runs_own():
+    """A worker that trains many times reports each run's peak, not the largest run before it."""
+    from tuneops.train.methods import peak_rss_mb, reset_peak_memory
+
+    _linux_only()
+    with _resident(400):
+        high = peak_rss_mb()
     reset_peak_memory()
     assert peak_rss_mb() < high - 300, (high, peak_rss_mb())
 
 
 @pytest.mark.parametrize("kernel_reset", [True, False], ids=["kernel", "sampled"])
 def test_peak_memory_counts_the_runs_spike_whichever_way_it_is_kept(monkeypatch, kernel_reset):
-    """Where the kernel ignores the VmHWM reset (CI's sandboxed kernel did: the peak stayed at the process's
-    4.1 GB), a sampling thread keeps the run's peak: it sees a spike during the run and forgets the one before."""
-    import sys
+    """Where the kernel does not reset VmHWM (no /proc/self/clear_refs, or a sandbox that ignores the write), a
+    sampling thread keeps the run's peak: it sees a spike during the run and forgets the one before."""
     import time
 
     from tuneops.train import methods
 
-    if not sys.platform.startswith("linux"):
-        pytest.skip("the per-run peak reads Linux's /proc/self/status")
+    _linux_only()
     if not kernel_reset:
         monkeypatch.setattr(methods, "_clear_hwm", lambda: False)
-    before = torch.ones(400 * 2**20 // 4)
-    del before
+    with _resident(400):
+        pass
     methods.reset_peak_memory()
     try:
         if not kernel_reset:
             assert methods._SAMPLER is not None
         start = methods.peak_rss_mb()
-        spike = torch.ones(400 * 2**20 // 4)
-        time.sleep(0.2)  # the sampler reads every 20 ms
-        del spike
-        time.sleep(0.05)
+        with _resident(400):
+            time.sleep(0.2)  # the sampler reads every 20 ms
         peak = methods.peak_rss_mb()
         assert peak > start + 300, (start, peak)
         methods.reset_peak_memory()

@@ -119,8 +119,8 @@ def parameter_counts(model) -> tuple[int, int]:
 
 class _RssSampler:
     """Samples this process's resident memory every ``interval`` seconds on a daemon thread and keeps the
-    largest: the per-run peak where the kernel's own count cannot be reset (a sandboxed kernel such as
-    gVisor accepts the write to /proc/self/clear_refs and leaves VmHWM where it was)."""
+    largest: the per-run peak where the kernel's own count cannot be reset (/proc/self/clear_refs missing,
+    the write refused, or accepted and ignored, as a sandbox's emulated /proc may do)."""
 
     def __init__(self, interval: float = 0.02):
         import threading

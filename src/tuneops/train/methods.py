@@ -167,8 +167,9 @@ def _clear_hwm() -> bool:
 def reset_peak_memory() -> None:
     """Start this run's peak-memory count now, so a process that trains several times (a worker, a
     sweep, the test suite) reports each run's own peak. On Linux the kernel's peak RSS (VmHWM) is reset
-    and the reset checked; where the kernel ignores it (or there is no /proc), a sampling thread keeps
-    the run's peak instead. CUDA resets its allocator peak."""
+    and the reset checked; where it does not take (no clear_refs, the write refused or ignored), a
+    sampling thread keeps the run's peak instead; without /proc, the process's peak is all there is.
+    CUDA resets its allocator peak."""
     global _SAMPLER
     if _SAMPLER is not None:
         _SAMPLER.stop()

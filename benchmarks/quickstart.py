@@ -11,8 +11,11 @@ import tempfile
 from pathlib import Path
 
 from tuneops.cli.main import _quiet_hf
-from tuneops.cli.quickstart import run_quickstart
-from tuneops.store import Store
+
+_quiet_hf()  # before the HF stack is imported: tqdm reads TQDM_DISABLE on its first import
+
+from tuneops.cli.quickstart import run_quickstart  # noqa: E402
+from tuneops.store import Store  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "quickstart.json"
 TARGET_S = 300
@@ -24,7 +27,6 @@ def main():
     ap.add_argument("--rows", type=int, default=300)
     ap.add_argument("--eval-rows", type=int, default=40)
     args = ap.parse_args()
-    _quiet_hf()
     home = args.keep or Path(tempfile.mkdtemp(prefix="tuneops-bench-"))
     try:
         summary = run_quickstart(Store(home), rows=args.rows, eval_rows=args.eval_rows, epochs=1.0,

@@ -14,7 +14,9 @@ the same items (json_extraction on the 40 held-out rows, forgetting 8 per catego
   max_drop 0.05 (the run stops when the check falls more than 0.05 below its step-0 value);
 - kl_early: kl 0.5 and early together;
 - replay: train.replay ratio 0.3 of a general set — the base's own greedy replies to GSM8K
-  questions (../shared/data/gsm8k, MIT), which share no items with the forgetting suite.
+  questions (../shared/data/gsm8k, MIT), which share no items with the forgetting suite;
+  replay_done: the same with only the replies the base finished (up to 320 tokens, 200 questions asked);
+  kl_replay_done: that and kl 0.5 together.
 
 Forgetting is measured, not timed, so this may run beside other work. Writes
 benchmarks/results/forgetting_controls.json (per arm: forgetting.accuracy base → candidate and its
@@ -36,8 +38,10 @@ RESULTS = ROOT / "benchmarks" / "results"
 GSM8K = ROOT.parent / "shared" / "data" / "gsm8k"
 
 
-def replay_rows(store, base, n: int = 120) -> list[dict]:
-    """The base's own greedy replies to GSM8K questions: what 'general behaviour' means for this model."""
+def replay_rows(store, base, n: int = 120, *, max_new_tokens: int = 96, finished_only: bool = False) -> list[dict]:
+    """The base's own greedy replies to GSM8K questions: what 'general behaviour' means for this model.
+    With ``finished_only``, a reply cut at ``max_new_tokens`` is left out: training on it would teach the
+    model to end its turn mid-sentence (the chat template closes every assistant turn)."""
     import glob
 
     from tuneops.eval.generate import generate_chat
@@ -60,9 +64,13 @@ def replay_rows(store, base, n: int = 120) -> list[dict]:
         questions = pq.read_table(files[0], columns=["question"]).column(0).to_pylist()[:n]
     model, tok = load_base(store, base)
     chats = [[{"role": "user", "content": q}] for q in questions]
-    outs = generate_chat(model, tok, chats, max_new_tokens=96, batch_size=20)
-    return [{"messages": [*c, {"role": "assistant", "content": o["text"].strip() or "I am not sure."}],
-             "source": "benchmark:gsm8k-base-replies", "license": "MIT"} for c, o in zip(chats, outs)]
+    outs = generate_chat(model, tok, chats, max_new_tokens=max_new_tokens, batch_size=20)
+    rows = [{"messages": [*c, {"role": "assistant", "content": o["text"].strip() or "I am not sure."}],
+             "source": "benchmark:gsm8k-base-replies", "license": "MIT"}
+            for c, o in zip(chats, outs) if not finished_only or o["finish_reason"] == "stop"]
+    print(f"replay: {len(rows)} of {len(chats)} base replies kept (max_new_tokens {max_new_tokens}"
+          f"{', finished ones only' if finished_only else ''})", file=sys.stderr)
+    return rows
 
 
 ARMS = {
@@ -73,6 +81,11 @@ ARMS = {
     "kl0.5_2ep": {"objective": {"kind": "sft", "kl_to_reference": 0.5}, "train_epochs": 2.0},
     "rank": {"method": {"kind": "lora", "r": 4, "alpha": 8, "dropout": 0.05, "target_modules": "all-linear"}},
     "replay": {"train_replay": {"dataset": "general-replay", "ratio": 0.3}},
+    # the replay set above keeps replies cut at 96 tokens, each closed by the template's end-of-turn: it
+    # teaches stopping mid-answer. These keep only the base's finished replies (up to 320 tokens).
+    "replay_done": {"train_replay": {"dataset": "general-replay-finished", "ratio": 0.3}},
+    "kl_replay_done": {"objective": {"kind": "sft", "kl_to_reference": 0.5},
+                       "train_replay": {"dataset": "general-replay-finished", "ratio": 0.3}},
     # the check watches 40 forgetting items disjoint from the 40 the eval measures (see check_suite)
     "early": {"train_early_stopping": {"suite": "$check_suite", "every": 5, "max_drop": 0.05, "max_items": 40}},
     # two controls together: KL slows the drift, so the check can let training run longer before it stops
@@ -129,6 +142,12 @@ def main() -> None:
             store.resolve_dataset("general-replay")
         except Exception:
             ingest_rows(store, replay_rows(store, base), name="general-replay", origin="benchmark")
+    if {"replay_done", "kl_replay_done"} & set(args.arms):
+        try:
+            store.resolve_dataset("general-replay-finished")
+        except Exception:
+            ingest_rows(store, replay_rows(store, base, 200, max_new_tokens=320, finished_only=True),
+                        name="general-replay-finished", origin="benchmark")
     out_path = RESULTS / "forgetting_controls.json"
     result = json.loads(out_path.read_text()) if out_path.exists() else {"arms": {}}
     for arm in args.arms:

@@ -144,6 +144,39 @@ def child(which: str, args) -> None:
     print("RESULT " + json.dumps(res))
 
 
+def read_runs(log: Path) -> dict[str, list[dict]]:
+    """The per-run results a previous invocation printed (``<side> {…}`` lines), from its saved stdout."""
+    import ast
+
+    runs: dict[str, list[dict]] = {"baseline": [], "tuneops": []}
+    for line in log.read_text().splitlines():
+        side, _, rest = line.partition(" ")
+        if side in runs and rest.startswith("{"):
+            runs[side].append(ast.literal_eval(rest))
+    return runs
+
+
+def train_runs(args) -> dict[str, list[dict]]:
+    """Each seed on both sides, one child process at a time, alternating; prints one line per run."""
+    runs: dict[str, list[dict]] = {"baseline": [], "tuneops": []}
+    for seed in args.seeds:
+        for which in ("baseline", "tuneops"):
+            out = subprocess.run([sys.executable, __file__, "--child", which, "--rows", str(args.rows), "--steps",
+                                  str(args.steps), "--batch", str(args.batch), "--seed", str(seed)],
+                                 capture_output=True, text=True)
+            line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+            if out.returncode or not line:
+                sys.exit(f"{which} failed:\n{out.stderr[-4000:]}")
+            res = json.loads(line[-1][7:])
+            res["tokens_per_s"] = res["tokens"] / res["seconds"]
+            res["seed"] = seed
+            with open("/proc/loadavg") as f:
+                res["load_1min_after"] = float(f.read().split()[0])
+            runs[which].append(res)
+            print(which, {k: v for k, v in res.items() if k != "adapter"}, flush=True)
+    return runs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=160)
@@ -162,32 +195,12 @@ def main() -> None:
     if args.child:
         child(args.child, args)
         return
-    runs: dict[str, list[dict]] = {"baseline": [], "tuneops": []}
-    if args.replay:  # the lines below print "<side> {…}" per run; the summary is computed from them as usual
-        import ast
-
-        for line in args.replay.read_text().splitlines():
-            side, _, rest = line.partition(" ")
-            if side in runs and rest.startswith("{"):
-                runs[side].append(ast.literal_eval(rest))
+    if args.replay:  # summarise the "<side> {…}" lines an earlier invocation printed, as usual
+        runs = read_runs(args.replay)
         args.seeds = [r["seed"] for r in runs["baseline"]]
     else:
         base_dir()
-    for seed in [] if args.replay else args.seeds:
-        for which in ("baseline", "tuneops"):  # one at a time, alternating
-            out = subprocess.run([sys.executable, __file__, "--child", which, "--rows", str(args.rows), "--steps",
-                                  str(args.steps), "--batch", str(args.batch), "--seed", str(seed)],
-                                 capture_output=True, text=True)
-            line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-            if out.returncode or not line:
-                sys.exit(f"{which} failed:\n{out.stderr[-4000:]}")
-            res = json.loads(line[-1][7:])
-            res["tokens_per_s"] = res["tokens"] / res["seconds"]
-            res["seed"] = seed
-            with open("/proc/loadavg") as f:
-                res["load_1min_after"] = float(f.read().split()[0])
-            runs[which].append(res)
-            print(which, {k: v for k, v in res.items() if k != "adapter"}, flush=True)
+        runs = train_runs(args)
     b = statistics.median(r["tokens_per_s"] for r in runs["baseline"])
     t = statistics.median(r["tokens_per_s"] for r in runs["tuneops"])
     bls = [r["eval_loss"] for r in runs["baseline"]]
